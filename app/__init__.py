@@ -1,0 +1,1 @@
+"""The MemFactory applications: the ``memfactory`` command line and the Gradio workbench."""

@@ -1,0 +1,164 @@
+"""The ``memfactory`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from memfactory_core.errors import MemFactoryError
+
+app = typer.Typer(
+    name="memfactory",
+    help="MemFactory: compose, run, train and evaluate memory-augmented LLM agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def components(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON with parameter schemas.")
+    ] = False,
+) -> None:
+    """List the registered components with their ports, role and parameters."""
+    from rich.table import Table
+
+    from memfactory_core.pipeline.spec import component_catalog
+
+    catalog = component_catalog()
+    if as_json:
+        print(json.dumps(catalog, indent=2))
+        return
+    table = Table(title="components")
+    for col in ("name", "stage", "inputs", "outputs", "memory", "role", "parameters"):
+        table.add_column(col)
+    for c in catalog:
+        props = c["params_schema"].get("properties", {})
+        params = ", ".join(f"{k}={v.get('default')!r}" for k, v in props.items()
+                           if k != "template")
+        table.add_row(c["name"], c["stage"], ", ".join(c["inputs"]), ", ".join(c["outputs"]),
+                      c["memory"] or "", c["role"] or "", params)
+    console.print(table)
+
+
+@app.command()
+def models(
+    prepare: Annotated[
+        list[str] | None, typer.Option("--prepare", help="Build or convert this model now.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List the built-in models and prepare them (build tiny-random, convert smollm2)."""
+    from memfactory_core.llm.models import list_models, prepare_model
+
+    for name in prepare or []:
+        path = prepare_model(name)
+        err_console.print(f"prepared {name}: {path}")
+    infos = list_models()
+    if as_json:
+        print(json.dumps([info.as_dict() for info in infos], indent=2))
+        return
+    for info in infos:
+        state = f"ready at {info.path}" if info.prepared else "not prepared yet"
+        console.print(f"[bold]{info.name}[/bold]  {info.description}  ({state})")
+
+
+@app.command()
+def run(
+    pipeline: Annotated[str, typer.Argument(help="Preset name or pipeline YAML/JSON file.")],
+    context: Annotated[Path, typer.Option("--context", "-c", help="Text file to read.")],
+    question: Annotated[str, typer.Option("--question", "-q")],
+    model: Annotated[str, typer.Option("--model", "-m")] = "tiny-random",
+    backend: Annotated[str, typer.Option(help="transformers | vllm | openai")] = "transformers",
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param", "-p", help="component.key=value, e.g. token_chunker.chunk_tokens=500"
+        ),
+    ] = None,
+    temperature: float = 0.0,
+    seed: int = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the trace as JSON.")] = False,
+) -> None:
+    """Run a pipeline on one document and one question; print the trace and the answer."""
+    from omegaconf import OmegaConf
+
+    from memfactory_core.data.episode import QA, Episode
+    from memfactory_core.eval.config import EvalConfig
+    from memfactory_core.eval.runner import build_runtime, resolve_pipeline
+
+    if not context.is_file():
+        raise MemFactoryError(f"context file not found: {context}")
+    params = OmegaConf.to_container(OmegaConf.from_dotlist(list(param or [])))
+    config = EvalConfig.model_validate({
+        "pipeline": pipeline, "pipeline_params": params,
+        "model": {"model": model, "backend": backend},
+        "data": {"path": str(context)}, "output_dir": ".",
+        "generation": {"temperature": temperature, "seed": seed},
+    })
+    resolved = resolve_pipeline(config)
+    runtime = build_runtime(config, resolved)
+    episode = Episode(id=context.stem, context=context.read_text(encoding="utf-8"),
+                      questions=[QA(id="q", question=question, answers=[])])
+    [result] = runtime.run([episode])
+    if as_json:
+        print(result.trace.model_dump_json(indent=2))
+        return
+    console.print(result.trace.render(), markup=False, highlight=False)
+    console.print(f"\n[bold]answer:[/bold] {result.answer}")
+
+
+@app.command(name="eval", context_settings={"allow_extra_args": True})
+def eval_command(
+    config: Annotated[Path, typer.Argument(help="Evaluation config YAML.")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="dotted.key=value overrides, e.g. data.docs=50")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Evaluate a pipeline; writes OUTPUT_DIR/results.json and prints the summary."""
+    from memfactory_core.config import load_config
+    from memfactory_core.eval.config import EvalConfig
+    from memfactory_core.eval.runner import evaluate
+
+    cfg = load_config(config, list(overrides or []), EvalConfig)
+    results = evaluate(cfg, progress=not quiet)
+    summary = results["summary"]
+    groups = summary.get("by_docs") or {str(cfg.data.docs): summary}
+    for docs, s in groups.items():
+        console.print(
+            f"docs={docs} n={s['n']}  em={s['em']:.3f} {_ci(s['em_ci95'])}  "
+            f"sub_em={s['sub_em']:.3f} {_ci(s['sub_em_ci95'])}  "
+            f"f1={s['f1']:.3f} {_ci(s['f1_ci95'])}  boxed={s['boxed_rate']:.2f}  "
+            f"{s['seconds_per_question']} s/question"
+        )
+    console.print(f"results: {Path(cfg.output_dir) / 'results.json'}")
+
+
+def _ci(ci: list[float]) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def main() -> None:
+    """Console entry point: user errors print one clear message, not a traceback."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        app()
+    except MemFactoryError as err:
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

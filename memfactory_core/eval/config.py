@@ -1,0 +1,99 @@
+"""Evaluation config: which pipeline and model, on which data, how sampled, where written."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from memfactory_core.llm.base import SamplingParams
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="HotpotQA JSONL, MemAgent eval JSON/JSONL or parquet.")
+    format: Literal["auto", "hotpotqa", "memagent_json", "memagent_parquet"] = "auto"
+    docs: int | list[int] | None = Field(
+        None, description="Documents per haystack (HotpotQA); a list gives one summary each."
+    )
+    limit: int | None = Field(None, ge=1, description="Number of questions to evaluate.")
+    seed: int = 0
+
+    @field_validator("docs")
+    @classmethod
+    def _positive(cls, v: int | list[int] | None) -> int | list[int] | None:
+        values = v if isinstance(v, list) else [v] if v is not None else []
+        if any(d < 1 for d in values):
+            raise ValueError("document counts must be positive")
+        return v
+
+    @property
+    def doc_counts(self) -> list[int | None]:
+        if self.docs is None:
+            return [None]
+        return list(self.docs) if isinstance(self.docs, list) else [self.docs]
+
+
+class GenerationConfig(BaseModel):
+    """Sampling shared by the LLM components (each sets its own max_new_tokens)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    seed: int | None = 0
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
+            seed=self.seed,
+        )
+
+
+class ModelConfig(BaseModel):
+    """A model bound to a role: a built-in name, local folder or hub id, and its backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    backend: Literal["transformers", "vllm", "openai"] = "transformers"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class EvalConfig(BaseModel):
+    """``memfactory eval`` configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: str | dict[str, Any] = Field(description="Preset name, pipeline file or inline spec.")
+    pipeline_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Parameter overrides by component name (or 'memory'), merged into the spec.",
+    )
+    model: ModelConfig
+    roles: dict[str, ModelConfig] = Field(
+        default_factory=dict, description="Models for roles other than the main model's."
+    )
+    data: DataConfig
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    samples: int = Field(1, ge=1, description="Samples per question (avg@k).")
+    batch_size: int = Field(64, ge=1, description="Rollouts run together through the runtime.")
+    output_dir: str
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, v: Any) -> Any:
+        return {"model": v} if isinstance(v, str) else v
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _roles_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: {"model": m} if isinstance(m, str) else m for k, m in v.items()}
+        return v

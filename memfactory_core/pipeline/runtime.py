@@ -1,0 +1,218 @@
+"""Runs a pipeline over many episodes at once, batched step by step.
+
+Unit ``i`` of every rollout that has one goes through each ingest slot together, so an LLM
+component makes one ``generate`` call per unit index, not one per rollout. The query lane
+then runs once per question, batched across rollouts as well.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from memfactory_core.components.base import (
+    Component,
+    ComponentContext,
+    Port,
+    RolloutState,
+    Segmenter,
+)
+from memfactory_core.data.episode import QA, Episode
+from memfactory_core.errors import MemFactoryError
+from memfactory_core.llm.base import LLMBackend, SamplingParams, TextTokenizer
+from memfactory_core.memory import Memory, MemoryKind, TextMemory
+from memfactory_core.pipeline.spec import ResolvedPipeline, ResolvedSlot
+from memfactory_core.pipeline.trace import Trace, TraceStep
+
+
+class Progress(Protocol):
+    """Receives progress as units and questions are processed."""
+
+    def start(self, total: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+
+@dataclass
+class RolloutResult:
+    """One question answered by one rollout."""
+
+    episode: Episode
+    qa: QA
+    sample: int
+    answer: str | None
+    trace: Trace
+    #: LLM turns of this rollout (prompt and generation with token ids), in order
+    turns: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Rollout:
+    id: str
+    episode: Episode
+    questions: list[QA]
+    sample: int
+    state: RolloutState
+    units: list[Any] = field(default_factory=list)
+    steps: list[TraceStep] = field(default_factory=list)
+
+
+def _new_memory(pipeline: ResolvedPipeline, tokenizer: TextTokenizer) -> Memory:
+    kind = pipeline.spec.memory.type
+    if kind == MemoryKind.TEXT:
+        return TextMemory(pipeline.memory_params, tokenizer)  # type: ignore[arg-type]
+    raise MemFactoryError(f"no implementation for {kind} memory")
+
+
+class PipelineRuntime:
+    """Executes a validated pipeline with LLM backends bound to its roles."""
+
+    def __init__(
+        self,
+        pipeline: ResolvedPipeline,
+        llms: LLMBackend | dict[str, LLMBackend],
+        sampling: SamplingParams | dict[str, SamplingParams] | None = None,
+        tokenizer: TextTokenizer | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        roles = pipeline.roles
+        if isinstance(llms, LLMBackend):
+            llms = {role: llms for role in roles}
+        missing = [r for r in roles if r not in llms]
+        if missing:
+            raise MemFactoryError(
+                f"no model bound to role(s) {missing} of pipeline {pipeline.spec.name!r}"
+            )
+        self.llms = llms
+        if tokenizer is None:
+            if not llms:
+                raise MemFactoryError("a pipeline without LLM components needs a tokenizer")
+            first = llms.get("policy") or next(iter(llms.values()))
+            tokenizer = first.tokenizer
+        self.tokenizer = tokenizer
+        sampling = sampling or SamplingParams()
+
+        def sampling_for(role: str | None) -> SamplingParams:
+            if isinstance(sampling, SamplingParams):
+                return sampling
+            return sampling.get(role or "", SamplingParams())
+
+        def build(slot: ResolvedSlot) -> Component:
+            llm = llms.get(slot.role) if slot.role else None
+            ctx = ComponentContext(llm=llm, tokenizer=tokenizer, sampling=sampling_for(slot.role))
+            return slot.cls(slot.params, ctx, slot.role)
+
+        self._ingest = [(slot, build(slot)) for slot in pipeline.ingest]
+        self._query = [(slot, build(slot)) for slot in pipeline.query]
+        segmenter = self._ingest[0][1]
+        assert isinstance(segmenter, Segmenter)
+        self._segmenter = segmenter
+        self._unit_port = segmenter.outputs[0] if segmenter.outputs else Port.CHUNK
+
+    def run(
+        self,
+        episodes: Sequence[Episode],
+        samples: int = 1,
+        progress: Progress | None = None,
+    ) -> list[RolloutResult]:
+        """Run every episode ``samples`` times; one result per (question, sample)."""
+        rollouts = self._make_rollouts(episodes, samples)
+        for r in rollouts:
+            t0 = time.perf_counter()
+            r.units, res = self._segmenter.segment(r.state)
+            r.state.values.pop(Port.DOCUMENT, None)
+            r.steps.append(
+                TraceStep(lane="ingest", slot=0, component=self._segmenter.name,
+                          output=res.output, seconds=time.perf_counter() - t0, extra=res.extra)
+            )
+        n_questions = sum(len(r.questions) for r in rollouts)
+        if progress is not None:
+            progress.start(sum(len(r.units) for r in rollouts) + n_questions)
+        for u in range(max((len(r.units) for r in rollouts), default=0)):
+            active = [r for r in rollouts if u < len(r.units)]
+            for r in active:
+                r.state.values[self._unit_port] = r.units[u]
+            for slot, comp in self._ingest[1:]:
+                self._run_slot(slot, comp, [(r.state, r.steps) for r in active], unit=u)
+            if progress is not None:
+                progress.advance(len(active))
+        return self._answer(rollouts, progress)
+
+    def _make_rollouts(self, episodes: Sequence[Episode], samples: int) -> list[_Rollout]:
+        per_question = self.pipeline.question_conditioned
+        rollouts: list[_Rollout] = []
+        for ep in episodes:
+            groups = [[qa] for qa in ep.questions] if per_question else [ep.questions]
+            for qas in groups:
+                for k in range(samples):
+                    rid = f"{ep.id}/{qas[0].id}" if per_question else ep.id
+                    rid = f"{rid}#{k}" if samples > 1 else rid
+                    values: dict[str, Any] = {Port.DOCUMENT: ep.context}
+                    if per_question:
+                        values[Port.QUESTION] = qas[0].question
+                    state = RolloutState(id=rid, values=values,
+                                         memory=_new_memory(self.pipeline, self.tokenizer))
+                    rollouts.append(_Rollout(rid, ep, qas, k, state))
+        return rollouts
+
+    def _answer(self, rollouts: list[_Rollout], progress: Progress | None) -> list[RolloutResult]:
+        jobs: list[tuple[_Rollout, QA, RolloutState, list[TraceStep]]] = []
+        for r in rollouts:
+            for qa in r.questions:
+                if len(r.questions) == 1:
+                    state = r.state
+                else:
+                    state = RolloutState(id=f"{r.id}/{qa.id}", values=dict(r.state.values),
+                                         memory=r.state.memory, turns=list(r.state.turns))
+                state.values[Port.QUESTION] = qa.question
+                jobs.append((r, qa, state, list(r.steps)))
+        for slot, comp in self._query:
+            self._run_slot(slot, comp, [(s, steps) for _, _, s, steps in jobs], unit=None)
+        if progress is not None:
+            progress.advance(len(jobs))
+        results = []
+        for r, qa, state, steps in jobs:
+            answer = state.values.get(Port.ANSWER)
+            trace = Trace(rollout_id=state.id, episode_id=r.episode.id, question_id=qa.id,
+                          sample=r.sample, steps=steps, answer=answer,
+                          final_memory=state.memory.snapshot())
+            results.append(RolloutResult(r.episode, qa, r.sample, answer, trace, state.turns))
+        return results
+
+    @staticmethod
+    def _run_slot(
+        slot: ResolvedSlot,
+        comp: Component,
+        batch: list[tuple[RolloutState, list[TraceStep]]],
+        unit: int | None,
+    ) -> None:
+        if not batch:
+            return
+        states = [s for s, _ in batch]
+        touches_memory = comp.memory is not None
+        before = [copy.deepcopy(s.memory.snapshot()) for s in states] if touches_memory else None
+        t0 = time.perf_counter()
+        results = comp.run(states)
+        seconds = time.perf_counter() - t0
+        for i, ((state, steps), res) in enumerate(zip(batch, results, strict=True)):
+            steps.append(
+                TraceStep(
+                    lane=slot.lane,
+                    slot=slot.index,
+                    component=comp.name,
+                    role=slot.role,
+                    unit=unit,
+                    prompt=res.prompt,
+                    output=res.output,
+                    memory_before=before[i] if before is not None else None,
+                    memory_after=state.memory.snapshot() if touches_memory else None,
+                    prompt_tokens=res.prompt_tokens,
+                    completion_tokens=res.completion_tokens,
+                    seconds=seconds,
+                    batch_size=len(states),
+                    extra=res.extra,
+                )
+            )
