@@ -20,15 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from memfactory_core.data.episode import QA, Episode
+from memfactory_core.llm.base import SamplingParams
+from memfactory_core.llm.models import load_backend
+from memfactory_core.paths import ASSETS_DIR
+from memfactory_core.pipeline import PipelineRuntime, load_spec, validate_spec
 
-from memfactory_core.llm.models import load_backend  # noqa: E402
-
-from memfactory_core.data.episode import QA, Episode  # noqa: E402
-from memfactory_core.llm.base import SamplingParams  # noqa: E402
-from memfactory_core.pipeline import PipelineRuntime, load_spec, validate_spec  # noqa: E402
-
+REPO = ASSETS_DIR.parent
 DEFAULT_HOTPOTQA = REPO.parent / "shared" / "data" / "hotpotqa_distractor_500.jsonl"
 CHUNK_TOKENS = 256
 MEMORY_TOKENS = 32
@@ -93,9 +91,9 @@ def _peak_child(hotpotqa: Path, docs: int) -> dict:
     llm = load_backend("tiny-random")
     records = load_hotpotqa(hotpotqa)
     runtime = PipelineRuntime(memagent(4000, 8, 4), llm)
-    runtime.run(build_haystacks(records[:1], 5, seed=1))  # warm-up: allocator, kernels
+    runtime.run(build_haystacks(records, 5, seed=1, questions=records[:1]))  # warm-up
     base = rss_mb()
-    [episode] = build_haystacks(records[:1], docs, seed=0)
+    [episode] = build_haystacks(records, docs, seed=0, questions=records[:1])
     t0 = time.perf_counter()
     [result] = runtime.run([episode])
     return {

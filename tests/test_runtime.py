@@ -134,3 +134,13 @@ def test_unboxed_answer_falls_back_to_text_or_empty() -> None:
     [r] = PipelineRuntime(validate_spec(spec), llm).run([episode(0, 50)])
     assert r.answer == ""
     assert r.trace.steps_of("boxed_answerer")[0].extra["boxed"] is False
+
+
+def test_long_documents_are_encoded_in_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from memfactory_core.components import chunker
+
+    monkeypatch.setattr(chunker, "ENCODE_WINDOW_CHARS", 64)
+    text = " ".join(f"word{i}\nline" for i in range(200)) + "x" * 300  # a 300-char word at the end
+    ids = chunker.encode_long(CharTokenizer(), text)
+    assert CharTokenizer().decode(ids.tolist()) == text
+    assert ids.itemsize == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,6 +15,26 @@ from memfactory_core.components.base import (
     register,
 )
 from memfactory_core.errors import MemFactoryError
+from memfactory_core.llm.base import TextTokenizer
+
+#: Text is tokenized in windows of about this many characters, cut at whitespace: a fast
+#: tokenizer's per-token bookkeeping (offsets, token strings) then stays small however long
+#: the document, and the ids are kept as 4-byte integers.
+ENCODE_WINDOW_CHARS = 32_768
+
+
+def encode_long(tokenizer: TextTokenizer, text: str) -> array:
+    """Token ids of ``text``, encoded window by window, as a compact ``array('i')``."""
+    ids = array("i")
+    start = 0
+    while start < len(text):
+        end = min(start + ENCODE_WINDOW_CHARS, len(text))
+        if end < len(text):
+            cut = max(text.rfind("\n", start, end), text.rfind(" ", start, end))
+            end = cut + 1 if cut > start else end
+        ids.extend(tokenizer.encode(text[start:end]))
+        start = end
+    return ids
 
 
 class TokenChunkerParams(BaseModel):
@@ -44,7 +65,7 @@ class TokenChunker(Segmenter):
     def segment(self, state: RolloutState) -> tuple[list[Any], StepResult]:
         p: TokenChunkerParams = self.params  # type: ignore[assignment]
         tok = self.context.tokenizer
-        ids = tok.encode(state.values[Port.DOCUMENT])
+        ids = encode_long(tok, state.values[Port.DOCUMENT])
         n = len(ids)
         budget = None if p.max_chunks is None else p.chunk_tokens * p.max_chunks
         dropped = 0
@@ -57,7 +78,7 @@ class TokenChunker(Segmenter):
             dropped = n - budget
             ids = ids[:budget] if p.overflow == "keep_head" else ids[n - budget :]
         size = p.chunk_tokens
-        chunks = [tok.decode(ids[i : i + size]) for i in range(0, len(ids), size)]
+        chunks = [tok.decode(ids[i : i + size].tolist()) for i in range(0, len(ids), size)]
         result = StepResult(
             output=f"{len(chunks)} chunk(s) of up to {p.chunk_tokens} tokens",
             extra={"document_tokens": n, "chunks": len(chunks), "dropped_tokens": dropped},

@@ -97,6 +97,7 @@ def score_results(results: list[RolloutResult], docs: int | None) -> list[dict[s
         for name in [*METRICS, "boxed"]:
             record[name] = sum(float(s[name]) for s in samples) / len(samples)
         record["document_tokens"] = group[0].trace.steps[0].extra.get("document_tokens")
+        record["meta"] = group[0].episode.meta
         record["samples"] = samples
         record["trace"] = group[0].trace.model_dump(mode="json")
         if len(group) > 1:
