@@ -185,3 +185,14 @@ def test_bad_options(tmp_path: Path) -> None:
         TransformersBackend(path, max_batch_size=0)
     with pytest.raises(MemFactoryError, match="dtype"):
         TransformersBackend(path, dtype="float8")
+
+
+def test_prompt_ending_with_assistant_message_is_continued(backend: TransformersBackend) -> None:
+    prompt: Prompt = [{"role": "user", "content": "Name a city."},
+                      {"role": "assistant", "content": "Answer: \\boxed{"}]
+    [text] = backend.render_prompts([prompt])
+    assert text.endswith("<|im_start|>assistant\nAnswer: \\boxed{")
+    [plain] = backend.render_prompts([prompt[:1]])
+    assert plain.endswith("<|im_start|>assistant\n")
+    [gen] = backend.generate([prompt], SamplingParams(max_new_tokens=4))
+    assert gen.prompt_ids == backend.encode_prompts([prompt])[0]

@@ -144,3 +144,20 @@ def test_long_documents_are_encoded_in_windows(monkeypatch: pytest.MonkeyPatch) 
     ids = chunker.encode_long(CharTokenizer(), text)
     assert CharTokenizer().decode(ids.tolist()) == text
     assert ids.itemsize == 4
+
+
+def test_answer_prefix_is_continued_by_the_model() -> None:
+    seen: list[list[dict]] = []
+
+    class Recording(ScriptedLLM):
+        def generate(self, prompts, params):  # type: ignore[no-untyped-def]
+            seen.extend(prompts)
+            return super().generate(prompts, params)
+
+    llm = Recording(lambda t: "notes" if "<text>" in t else "Paris} and more")
+    spec = copy.deepcopy(load_spec("memagent"))
+    spec["query"][0]["params"]["answer_prefix"] = "Answer: \\boxed{"  # type: ignore[index]
+    [r] = PipelineRuntime(validate_spec(spec), llm).run([episode(0, 50)])
+    assert seen[-1][-1] == {"role": "assistant", "content": "Answer: \\boxed{"}
+    assert r.answer == "Paris"
+    assert r.trace.steps_of("boxed_answerer")[0].output == "Answer: \\boxed{Paris} and more"
