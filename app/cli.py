@@ -92,15 +92,13 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the trace as JSON.")] = False,
 ) -> None:
     """Run a pipeline on one document and one question; print the trace and the answer."""
-    from omegaconf import OmegaConf
-
     from memfactory_core.data.episode import QA, Episode
     from memfactory_core.eval.config import EvalConfig
     from memfactory_core.eval.runner import build_runtime, resolve_pipeline
 
     if not context.is_file():
         raise MemFactoryError(f"context file not found: {context}")
-    params = OmegaConf.to_container(OmegaConf.from_dotlist(list(param or [])))
+    params = _component_params(param or [])
     config = EvalConfig.model_validate({
         "pipeline": pipeline, "pipeline_params": params,
         "model": {"model": model, "backend": backend},
@@ -144,6 +142,22 @@ def eval_command(
             f"{s['seconds_per_question']} s/question"
         )
     console.print(f"results: {Path(cfg.output_dir) / 'results.json'}")
+
+
+def _component_params(items: list[str]) -> dict[str, dict[str, object]]:
+    """``component.key=value`` pairs; a value is JSON when it parses as JSON, else text."""
+    out: dict[str, dict[str, object]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        component, dot, name = key.partition(".")
+        if not sep or not dot or not component or not name:
+            raise MemFactoryError(f"--param {item!r} is not of the form component.key=value")
+        try:
+            value: object = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.setdefault(component, {})[name] = value
+    return out
 
 
 def _ci(ci: list[float]) -> str:

@@ -32,10 +32,12 @@ def test_run_prints_trace_and_answer(tmp_path: Path) -> None:
     out = memfactory("run", "memagent", "--model", "tiny-random", "--context", str(doc),
                      "--question", "Who wrote the first program?",
                      "-p", "token_chunker.chunk_tokens=200", "-p", "memory.max_tokens=16",
-                     "-p", "boxed_answerer.max_new_tokens=8")
+                     "-p", "boxed_answerer.max_new_tokens=8",
+                     "-p", "boxed_answerer.answer_prefix=Answer: \\boxed{")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("memory_writer [policy] unit") >= 2
     assert "answer:" in out.stdout
+    assert "output: Answer: \\boxed{" in out.stdout
 
 
 def test_eval_writes_results(tmp_path: Path) -> None:
