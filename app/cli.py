@@ -32,24 +32,26 @@ def components(
     ] = False,
 ) -> None:
     """List the registered components with their ports, role and parameters."""
-    from rich.table import Table
-
     from memfactory_core.pipeline.spec import component_catalog
 
     catalog = component_catalog()
     if as_json:
         print(json.dumps(catalog, indent=2))
         return
-    table = Table(title="components")
-    for col in ("name", "stage", "inputs", "outputs", "memory", "role", "parameters"):
-        table.add_column(col)
     for c in catalog:
-        props = c["params_schema"].get("properties", {})
-        params = ", ".join(f"{k}={v.get('default')!r}" for k, v in props.items()
-                           if k != "template")
-        table.add_row(c["name"], c["stage"], ", ".join(c["inputs"]), ", ".join(c["outputs"]),
-                      c["memory"] or "", c["role"] or "", params)
-    console.print(table)
+        ports = f"{', '.join(c['inputs']) or '-'} -> {', '.join(c['outputs']) or '-'}"
+        extras = [f"memory: {c['memory']}"] if c["memory"] else []
+        extras += [f"role: {c['role']}"] if c["role"] else []
+        console.print(f"[bold]{c['name']}[/bold]  {escape('[' + c['stage'] + ']')}  {ports}  "
+                      f"{'  '.join(extras)}",
+                      highlight=False)
+        console.print(f"  {c['description']}", markup=False, highlight=False)
+        for key, prop in c["params_schema"].get("properties", {}).items():
+            default = prop.get("default")
+            shown = "<text>" if isinstance(default, str) and "\n" in default else repr(default)
+            console.print(f"    {key} = {shown}  {prop.get('description', '')}",
+                          markup=False, highlight=False)
+        console.print()
 
 
 @app.command()
