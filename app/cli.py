@@ -146,6 +146,71 @@ def eval_command(
     console.print(f"results: {Path(cfg.output_dir) / 'results.json'}")
 
 
+@app.command(context_settings={"allow_extra_args": True})
+def train(
+    config: Annotated[Path, typer.Argument(help="Training config YAML.")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="dotted.key=value overrides, e.g. max_steps=20")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Train a pipeline's policy roles with GRPO (LoRA); writes OUTPUT_DIR/metrics.jsonl,
+    samples/ and checkpoint-N/. Ctrl-C stops at the next step and saves a checkpoint."""
+    import signal
+
+    from memfactory_core.config import load_config
+    from memfactory_core.training.callbacks import (
+        ConsoleCallback,
+        JsonlCallback,
+        ReportToCallback,
+        StopCallback,
+    )
+    from memfactory_core.training.config import TrainConfig
+    from memfactory_core.training.trainer import GRPOTrainer
+
+    cfg = load_config(config, list(overrides or []), TrainConfig)
+    stop = StopCallback()
+    callbacks = [ConsoleCallback(enabled=not quiet), JsonlCallback(), stop]
+    if cfg.report_to:
+        callbacks.append(ReportToCallback(cfg.report_to))
+    trainer = GRPOTrainer(cfg, callbacks)
+
+    def _on_sigint(signum: int, frame: object) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt
+        err_console.print("stopping after this step (Ctrl-C again to abort)")
+        stop.request()
+
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        summary = trainer.train()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    last = summary["last_metrics"]
+    state = "stopped" if summary["stopped"] else "done"
+    console.print(f"{state} at step {summary['steps']} in {summary['seconds']:.1f} s; "
+                  f"last reward {last.get('reward', float('nan')):.3f}")
+    console.print(f"metrics: {Path(cfg.output_dir) / 'metrics.jsonl'}")
+    console.print(f"checkpoint: {summary['checkpoint']}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A training run's output_dir.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Model folder (default RUN_DIR/merged).")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint folder (default: the latest).")
+    ] = None,
+) -> None:
+    """Merge a run's LoRA adapter into its base model: a folder eval and run accept."""
+    from memfactory_core.training.export import export_merged
+
+    out = export_merged(run_dir, output, checkpoint)
+    console.print(f"merged model: {out}")
+
+
 def _component_params(items: list[str]) -> dict[str, dict[str, object]]:
     """``component.key=value`` pairs; a value is JSON when it parses as JSON, else text."""
     out: dict[str, dict[str, object]] = {}

@@ -1,0 +1,515 @@
+"""GRPO over memory pipelines: multi-conversation trajectories, LoRA, trajectory advantages.
+
+Why a compact trainer and not TRL's ``GRPOTrainer`` (1.16): its step is built around one
+prompt -> one completion per sample (``_generate_and_score_completions`` tokenizes prompts,
+generates, scores and computes advantages per completion, then ``_compute_loss`` consumes
+fixed ``prompt_ids``/``completion_ids`` tensors). A MemAgent trajectory is many turns (one
+memory write per chunk, then an answer) whose number varies between trajectories and whose
+prompts depend on earlier completions, with one reward for the whole trajectory. Hosting
+that in GRPOTrainer means overriding generation, scoring, batching and advantage code, i.e.
+most of the class, against private APIs that change between releases. So rollouts run
+through :class:`PipelineRuntime`, every trained turn becomes a (prompt, completion,
+trajectory-advantage) sample, and :func:`loss.grpo_loss` applies TRL's loss with its
+normalisation per ``loss_type``; a test checks it against ``GRPOTrainer._compute_loss``.
+The optimiser, LoRA and device handling are torch + peft + accelerate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from memfactory_core.data.episode import Episode
+from memfactory_core.errors import MemFactoryError, Problem, ValidationError
+from memfactory_core.eval.config import ModelConfig
+from memfactory_core.eval.runner import default_loader, resolve_pipeline
+from memfactory_core.llm.base import Generation, LLMBackend, Prompt, SamplingParams
+from memfactory_core.pipeline.runtime import PipelineRuntime, RolloutResult
+from memfactory_core.pipeline.spec import ResolvedPipeline
+from memfactory_core.training.advantages import group_advantages
+from memfactory_core.training.callbacks import TrainingCallback, TrainState
+from memfactory_core.training.config import TrainConfig
+from memfactory_core.training.loss import grpo_loss
+from memfactory_core.training.rewards import RewardContext, compute_rewards
+
+CHECKPOINT_PREFIX = "checkpoint-"
+CONFIG_FILE = "train_config.json"
+
+
+@dataclass
+class TurnSample:
+    """One trained turn: its tokens and the advantage of the trajectory it belongs to."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    advantage: float
+    trajectory: int
+
+
+class AdapterDisabledBackend(LLMBackend):
+    """The policy's backend with its LoRA adapter switched off: the frozen base model for
+    roles that are not trained, with no second copy of the weights."""
+
+    def __init__(self, inner: LLMBackend, peft_model: Any) -> None:
+        self.inner = inner
+        self.peft_model = peft_model
+        self.model_name = f"{inner.model_name} (base)"
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.inner.tokenizer
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
+        with self.peft_model.disable_adapter():
+            return self.inner.generate(prompts, params)
+
+
+def load_episodes_for(config: TrainConfig) -> list[Episode]:
+    """The training episodes a config names (synthetic task or data file)."""
+    d = config.data
+    if d.synthetic is not None:
+        from memfactory_core.training.synthetic import build_synthetic
+
+        s = d.synthetic
+        episodes = build_synthetic(s.episodes, s.facts, s.filler_sentences, s.keys, s.values,
+                                   s.seed)
+        return episodes[: d.limit] if d.limit else episodes
+    from memfactory_core.data.loaders import load_episodes
+
+    assert d.path is not None
+    docs = d.doc_counts[0]
+    return load_episodes(d.path, format=d.format, n_docs=docs, limit=d.limit, seed=d.seed)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint folder with the highest step under ``output_dir``, if any."""
+    found = []
+    for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = p.name[len(CHECKPOINT_PREFIX):]
+        if suffix.isdigit() and (p / "trainer_state.json").is_file():
+            found.append((int(suffix), p))
+    return max(found)[1] if found else None
+
+
+def _selective_logps(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    return torch.gather(logits.log_softmax(-1), -1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+class GRPOTrainer:
+    """Trains the policy roles of a pipeline with GRPO; see the module docstring."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        callbacks: Sequence[TrainingCallback] = (),
+        episodes: Sequence[Episode] | None = None,
+        loader: Callable[[ModelConfig], LLMBackend] = default_loader,
+    ) -> None:
+        self.config = config
+        self.callbacks = list(callbacks)
+        self.output_dir = Path(config.output_dir)
+        self.pipeline: ResolvedPipeline = resolve_pipeline(config)  # type: ignore[arg-type]
+        missing = [r for r in config.trained_roles if r not in self.pipeline.roles]
+        if missing:
+            raise ValidationError("invalid TrainConfig", [Problem(
+                "trained_roles", f"{missing} not used by pipeline {self.pipeline.spec.name!r} "
+                f"(its roles: {self.pipeline.roles})")])
+        self.episodes = list(episodes) if episodes is not None else load_episodes_for(config)
+        if not self.episodes:
+            raise MemFactoryError("no training episodes")
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        self._setup_model()
+        self._setup_runtime(loader)
+        self._setup_optimizer()
+        self.step = 0
+
+    # ----------------------------------------------------------------- set-up
+    def _setup_model(self) -> None:
+        from accelerate import Accelerator
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from memfactory_core.llm.models import resolve_model_path
+        from memfactory_core.llm.transformers_backend import resolve_device, resolve_dtype
+
+        cfg = self.config
+        device = resolve_device(cfg.device)
+        self.accelerator = Accelerator(cpu=device.type == "cpu")
+        options = dict(cfg.model.options)
+        allowed = {"dtype", "max_batch_size", "trust_remote_code"}
+        unknown = set(options) - allowed
+        if unknown:
+            raise ValidationError("invalid TrainConfig", [Problem(
+                "model.options",
+                f"unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")])
+        self.base_path = resolve_model_path(cfg.model.model)
+        trust = bool(options.get("trust_remote_code", False))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base_path, trust_remote_code=trust)
+        dtype = resolve_dtype(options.get("dtype"), self.accelerator.device)
+        base = AutoModelForCausalLM.from_pretrained(
+            self.base_path, dtype=dtype, use_safetensors=True, trust_remote_code=trust)
+        lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+        self.model = get_peft_model(base, lcfg).to(self.accelerator.device)
+        self.model.train()
+        self._max_batch_size = int(options.get("max_batch_size", 64))
+
+    def _setup_runtime(self, loader: Callable[[ModelConfig], LLMBackend]) -> None:
+        from memfactory_core.llm.transformers_backend import TransformersBackend
+
+        cfg = self.config
+        self.policy = TransformersBackend(self.model, self.tokenizer,
+                                          max_batch_size=self._max_batch_size,
+                                          model_name=str(cfg.model.model))
+        rollout: LLMBackend = self.policy
+        self.vllm: Any = None
+        if cfg.rollout_backend == "vllm":
+            from memfactory_core.llm.vllm_backend import VLLMBackend
+
+            self.vllm = VLLMBackend(self.base_path, enable_lora=True, **cfg.vllm_options)
+            rollout = self.vllm
+        llms: dict[str, LLMBackend] = {}
+        frozen = AdapterDisabledBackend(self.policy, self.model)
+        for role in self.pipeline.roles:
+            if role in cfg.trained_roles:
+                llms[role] = rollout
+            elif role in cfg.roles:
+                llms[role] = loader(cfg.roles[role])
+            else:
+                llms[role] = frozen
+        sampling = replace(cfg.generation.sampling(), seed=None)
+        self.runtime = PipelineRuntime(self.pipeline, llms, sampling=sampling,
+                                       tokenizer=self.policy.tokenizer)
+        self.reward_ctx = RewardContext(tokenizer=self.policy.tokenizer)
+
+    def _setup_optimizer(self) -> None:
+        from transformers import get_scheduler
+
+        cfg = self.config
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate,
+                                           weight_decay=cfg.weight_decay)
+        self.scheduler = get_scheduler(cfg.lr_scheduler_type, self.optimizer,
+                                       num_warmup_steps=cfg.warmup_steps,
+                                       num_training_steps=cfg.max_steps * cfg.num_iterations)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+
+    @property
+    def peft_model(self) -> Any:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------ data
+    def episodes_for_step(self, step: int) -> list[Episode]:
+        """The questions of 0-based ``step``: a seeded shuffle per epoch, so a resumed run
+        sees exactly what an uninterrupted one would."""
+        q, n = self.config.questions_per_step, len(self.episodes)
+        out = []
+        for i in range(step * q, (step + 1) * q):
+            epoch, pos = divmod(i, n)
+            order = list(range(n))
+            random.Random(self.config.seed * 100_003 + epoch).shuffle(order)
+            out.append(self.episodes[order[pos]])
+        return out
+
+    # --------------------------------------------------------------- rollouts
+    def rollout(self, episodes: Sequence[Episode]) -> tuple[list[RolloutResult], list[int]]:
+        """G trajectories per question, ordered group by group; the group id of each."""
+        results = self.runtime.run(episodes, samples=self.config.num_generations)
+        groups: dict[tuple[str, str], list[RolloutResult]] = defaultdict(list)
+        for r in results:
+            groups[(r.episode.id, r.qa.id)].append(r)
+        ordered: list[RolloutResult] = []
+        group_ids: list[int] = []
+        for gid, (_, members) in enumerate(groups.items()):
+            if len(members) != self.config.num_generations:
+                raise MemFactoryError(f"group {gid} has {len(members)} trajectories, expected "
+                                      f"{self.config.num_generations}")
+            members.sort(key=lambda r: r.sample)
+            ordered.extend(members)
+            group_ids.extend([gid] * len(members))
+        return ordered, group_ids
+
+    def turn_samples(self, results: Sequence[RolloutResult], advantages: torch.Tensor
+                     ) -> list[TurnSample]:
+        """Every trained turn of every trajectory, carrying its trajectory's advantage."""
+        out = []
+        roles = set(self.config.trained_roles)
+        for i, r in enumerate(results):
+            for turn in r.turns:
+                gen: Generation = turn["generation"]
+                if turn.get("role") not in roles or not gen.completion_ids:
+                    continue
+                if gen.prompt_ids is None:
+                    raise MemFactoryError(f"the {turn.get('component')} turn carries no token "
+                                          "ids: trained roles need a local backend")
+                out.append(TurnSample(list(gen.prompt_ids), list(gen.completion_ids),
+                                      float(advantages[i]), i))
+        return out
+
+    # ------------------------------------------------------------------ loss
+    def _batch_tensors(self, batch: Sequence[TurnSample]) -> dict[str, torch.Tensor]:
+        pad = self.policy.pad_token_id
+        p_len = max(len(s.prompt_ids) for s in batch)
+        c_len = max(len(s.completion_ids) for s in batch)
+        n = len(batch)
+        prompt = torch.full((n, p_len), pad, dtype=torch.long)
+        prompt_mask = torch.zeros((n, p_len), dtype=torch.long)
+        completion = torch.full((n, c_len), pad, dtype=torch.long)
+        completion_mask = torch.zeros((n, c_len), dtype=torch.long)
+        for i, s in enumerate(batch):
+            if s.prompt_ids:
+                prompt[i, p_len - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
+                prompt_mask[i, p_len - len(s.prompt_ids):] = 1
+            completion[i, : len(s.completion_ids)] = torch.tensor(s.completion_ids)
+            completion_mask[i, : len(s.completion_ids)] = 1
+        device = self.accelerator.device
+        return {
+            "prompt_ids": prompt.to(device), "prompt_mask": prompt_mask.to(device),
+            "completion_ids": completion.to(device),
+            "completion_mask": completion_mask.to(device),
+            "advantages": torch.tensor([s.advantage for s in batch], device=device),
+        }
+
+    def per_token_logps(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Log-probabilities of the completion tokens under the current model, ``(B, T)``."""
+        ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        # positions as at generation time (left padding does not shift them)
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
+        t = inputs["completion_ids"].shape[1]
+        logits = self.model(input_ids=ids, attention_mask=attention, position_ids=position_ids,
+                            logits_to_keep=t + 1).logits[:, :-1, :]
+        logits = logits.float() / self.config.loss_temperature
+        return _selective_logps(logits, inputs["completion_ids"])
+
+    def _micro_batches(self, samples: list[TurnSample]) -> list[list[TurnSample]]:
+        cfg = self.config
+        n_micro = cfg.gradient_accumulation_steps or math.ceil(
+            len(samples) / cfg.per_device_train_batch_size)
+        n_micro = max(1, min(n_micro, len(samples)))
+        # similar lengths together keep padding small
+        ordered = sorted(samples, key=lambda s: len(s.prompt_ids) + len(s.completion_ids))
+        size = math.ceil(len(ordered) / n_micro)
+        return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+    def _max_completion_length(self) -> int:
+        if self.config.max_completion_length is not None:
+            return self.config.max_completion_length
+        limits = [getattr(s.params, "max_new_tokens", None) for s in self.pipeline.ingest
+                  + self.pipeline.query if s.role in self.config.trained_roles]
+        limits += [getattr(self.pipeline.memory_params, "max_tokens", None)]
+        return max(int(x) for x in limits if x)
+
+    def optimize(self, samples: list[TurnSample]) -> dict[str, float]:
+        """``num_iterations`` optimizer updates on one step's turn samples."""
+        cfg = self.config
+        micro = [self._batch_tensors(b) for b in self._micro_batches(samples)]
+        total_tokens = sum(int(m["completion_mask"].sum()) for m in micro)
+        with torch.no_grad():
+            if cfg.beta > 0:
+                with self.peft_model.disable_adapter():
+                    for m in micro:
+                        m["ref"] = self.per_token_logps(m)
+            if cfg.num_iterations > 1:
+                for m in micro:
+                    m["old"] = self.per_token_logps(m)
+        stats: dict[str, list[float]] = defaultdict(list)
+        for _ in range(cfg.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            for m in micro:
+                logps = self.per_token_logps(m)
+                out = grpo_loss(
+                    logps, m.get("old"), m.get("ref"), m["advantages"], m["completion_mask"],
+                    loss_type=cfg.loss_type, beta=cfg.beta, epsilon_low=cfg.epsilon_low,
+                    epsilon_high=cfg.clip_high, max_completion_length=self._max_completion_length(),
+                    num_items_in_batch=total_tokens, gradient_accumulation_steps=len(micro),
+                )
+                self.accelerator.backward(out.loss)
+                w = out.tokens / max(total_tokens, 1)
+                stats["loss"].append(float(out.loss.detach()))
+                if out.kl is not None:
+                    stats["kl"].append(out.kl * w)
+                stats["clip_ratio/low_mean"].append(out.clip_low * w)
+                stats["clip_ratio/high_mean"].append(out.clip_high * w)
+                stats["clip_ratio/region_mean"].append(out.clip_region * w)
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            grad_norm = self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+            stats["grad_norm"].append(float(grad_norm))
+            self.optimizer.step()
+            self.scheduler.step()
+        it = cfg.num_iterations
+        return {
+            "loss": sum(stats["loss"]) / it,
+            **({"kl": sum(stats["kl"]) / it} if stats["kl"] else {}),
+            **{k: sum(stats[k]) / it for k in ("clip_ratio/low_mean", "clip_ratio/high_mean",
+                                                "clip_ratio/region_mean")},
+            "grad_norm": sum(stats["grad_norm"]) / it,
+            "micro_batches": float(len(micro)),
+        }
+
+    # ------------------------------------------------------------------ steps
+    def train_step(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """One GRPO step: rollouts, rewards, trajectory advantages, optimizer update(s)."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1_000_003 + self.step)
+        if self.vllm is not None:
+            adapter_dir = self.output_dir / "rollout_adapter"
+            self.peft_model.save_pretrained(adapter_dir)
+            self.vllm.set_adapter(adapter_dir)
+        episodes = self.episodes_for_step(self.step)
+        results, _ = self.rollout(episodes)
+        t_rollout = time.perf_counter() - t0
+        totals, components = compute_rewards(results, cfg.rewards, self.reward_ctx)
+        rewards = torch.tensor(totals)
+        adv = group_advantages(rewards, cfg.num_generations, cfg.scale_rewards)
+        samples = self.turn_samples(results, adv.advantages)
+        t1 = time.perf_counter()
+        opt = self.optimize(samples) if samples else {"loss": 0.0, "grad_norm": 0.0}
+        t_train = time.perf_counter() - t1
+        self.step += 1
+        elapsed = time.perf_counter() - t0
+        generated = sum(len(t["generation"].completion_ids or []) for r in results
+                        for t in r.turns)
+        metrics: dict[str, float] = {
+            "step": self.step,
+            "reward": float(rewards.mean()),
+            "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            **{f"rewards/{k}": sum(v) / len(v) for k, v in components.items()},
+            "frac_reward_zero_std": adv.frac_zero_std,
+            "zero_std_groups": adv.zero_std_groups,
+            **opt,
+            "learning_rate": self.scheduler.get_last_lr()[0],
+            "trained_turns": len(samples),
+            "turns_per_trajectory": len(samples) / len(results),
+            "completion_length": (sum(len(s.completion_ids) for s in samples) / len(samples)
+                                  if samples else 0.0),
+            "prompt_length": (sum(len(s.prompt_ids) for s in samples) / len(samples)
+                              if samples else 0.0),
+            "tokens_per_second": (sum(len(s.prompt_ids) + len(s.completion_ids)
+                                      for s in samples) + generated) / elapsed,
+            "rollout_time": t_rollout,
+            "train_time": t_train,
+            "step_time": elapsed,
+            "epoch": self.step * cfg.questions_per_step / len(self.episodes),
+        }
+        logged = self.step % cfg.logging_steps == 0 or self.step in (1, cfg.max_steps)
+        recs = self._sample_records(results, totals, components, adv.advantages) if logged else []
+        return metrics, recs
+
+    def _sample_records(self, results: Sequence[RolloutResult], totals: list[float],
+                        components: dict[str, list[float]], advantages: torch.Tensor
+                        ) -> list[dict[str, Any]]:
+        n = min(self.config.save_samples, len(results))
+        # spread over groups: the first trajectory of as many groups as possible
+        g = self.config.num_generations
+        picks = sorted(range(len(results)), key=lambda i: (i % g, i))[:n]
+        out = []
+        for i in picks:
+            r = results[i]
+            out.append({
+                "step": self.step, "trajectory": i, "episode_id": r.episode.id,
+                "question": r.qa.question, "answers": r.qa.answers, "prediction": r.answer,
+                "reward": totals[i], "advantage": float(advantages[i]),
+                "rewards": {k: v[i] for k, v in components.items()},
+                "trace": r.trace.model_dump(mode="json"),
+            })
+        return out
+
+    # ------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Adapter (safetensors), optimizer, scheduler and RNG state at the current step."""
+        path = self.output_dir / f"{CHECKPOINT_PREFIX}{self.step}"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.peft_model.save_pretrained(tmp, safe_serialization=True)
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state()}, tmp / "rng_state.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({
+            "step": self.step, "max_steps": self.config.max_steps,
+            "python_rng": list(random.getstate()[1]),
+        }), encoding="utf-8")
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)
+        tmp.rename(path)
+        state = self._state(logged=False)
+        for cb in self.callbacks:
+            cb.on_save(state, path)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore adapter weights, optimizer, scheduler, RNG and step from ``path``."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path / "adapter_model.safetensors"),
+                            device=str(self.accelerator.device))
+        set_peft_model_state_dict(self.peft_model, weights)
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        torch.set_rng_state(torch.load(path / "rng_state.pt", weights_only=True)["torch"])
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        self.step = int(state["step"])
+
+    def _state(self, logged: bool, start: int = 0) -> TrainState:
+        return TrainState(step=self.step, max_steps=self.config.max_steps,
+                          output_dir=self.output_dir, logged=logged, start_step=start)
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> dict[str, Any]:
+        """Run to ``max_steps`` (or a stop request); returns a summary of the run."""
+        cfg = self.config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            ckpt = latest_checkpoint(self.output_dir)
+            if ckpt is not None:
+                self.load_checkpoint(ckpt)
+        (self.output_dir / CONFIG_FILE).write_text(
+            json.dumps({**cfg.model_dump(mode="json"), "base_model_path": str(self.base_path)},
+                       indent=1), encoding="utf-8")
+        start = self.step
+        for cb in self.callbacks:
+            cb.on_train_begin(self._state(False, start), cfg.model_dump(mode="json"))
+        metrics: dict[str, float] = {}
+        last_saved = self.step if start else -1
+        stopped = False
+        t0 = time.perf_counter()
+        while self.step < cfg.max_steps:
+            metrics, samples = self.train_step()
+            state = self._state(logged=bool(samples) or self.step % cfg.logging_steps == 0,
+                                start=start)
+            for cb in self.callbacks:
+                cb.on_step(state, metrics, samples)
+            if self.step % cfg.save_steps == 0:
+                self.save_checkpoint()
+                last_saved = self.step
+            if any(cb.should_stop() for cb in self.callbacks):
+                stopped = True
+                break
+        if last_saved != self.step:
+            self.save_checkpoint()
+        end_state = self._state(False, start)
+        for cb in self.callbacks:
+            cb.on_train_end(end_state, metrics)
+        return {"steps": self.step, "start_step": start, "stopped": stopped,
+                "seconds": time.perf_counter() - t0, "last_metrics": metrics,
+                "checkpoint": str(latest_checkpoint(self.output_dir))}
+
+
+def train(config: TrainConfig, callbacks: Sequence[TrainingCallback] = (),
+          episodes: Sequence[Episode] | None = None) -> dict[str, Any]:
+    """Build a :class:`GRPOTrainer` for ``config`` and run it."""
+    return GRPOTrainer(config, callbacks, episodes).train()
