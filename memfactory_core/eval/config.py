@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from memfactory_core.llm.base import SamplingParams
 
@@ -65,9 +65,15 @@ class ModelConfig(BaseModel):
     backend: Literal["transformers", "vllm", "openai"] = "transformers"
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, v: Any) -> Any:
+        """A bare string is a model name: ``model: tiny-random``."""
+        return {"model": v} if isinstance(v, str) else v
 
-class EvalConfig(BaseModel):
-    """``memfactory eval`` configuration."""
+
+class PipelineRunConfig(BaseModel):
+    """What a run executes: a pipeline, its parameter overrides and the models of its roles."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -76,24 +82,17 @@ class EvalConfig(BaseModel):
         default_factory=dict,
         description="Parameter overrides by component name (or 'memory'), merged into the spec.",
     )
-    model: ModelConfig
+    model: ModelConfig = Field(description="The main model; every role uses it by default.")
     roles: dict[str, ModelConfig] = Field(
         default_factory=dict, description="Models for roles other than the main model's."
     )
+
+
+class EvalConfig(PipelineRunConfig):
+    """``memfactory eval`` configuration."""
+
     data: DataConfig
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     samples: int = Field(1, ge=1, description="Samples per question (avg@k).")
     batch_size: int = Field(64, ge=1, description="Rollouts run together through the runtime.")
     output_dir: str
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _model_shorthand(cls, v: Any) -> Any:
-        return {"model": v} if isinstance(v, str) else v
-
-    @field_validator("roles", mode="before")
-    @classmethod
-    def _roles_shorthand(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: {"model": m} if isinstance(m, str) else m for k, m in v.items()}
-        return v

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from memfactory_core.data.loaders import load_episodes
 from memfactory_core.errors import Problem, ValidationError
-from memfactory_core.eval.config import EvalConfig, ModelConfig
+from memfactory_core.eval.config import EvalConfig, ModelConfig, PipelineRunConfig
 from memfactory_core.llm.base import LLMBackend
 from memfactory_core.metrics.qa import exact_match, f1, sub_exact_match
 from memfactory_core.metrics.stats import summarize
@@ -30,7 +30,7 @@ METRICS: dict[str, Callable[[str, list[str]], float]] = {
 BackendLoader = Callable[[ModelConfig], LLMBackend]
 
 
-def resolve_pipeline(config: EvalConfig) -> ResolvedPipeline:
+def resolve_pipeline(config: PipelineRunConfig) -> ResolvedPipeline:
     """The config's pipeline with ``pipeline_params`` merged into its slots, validated."""
     spec = config.pipeline if isinstance(config.pipeline, dict) else load_spec(config.pipeline)
     spec = copy.deepcopy(spec if isinstance(spec, dict) else spec.model_dump())
@@ -59,7 +59,7 @@ def default_loader(mc: ModelConfig) -> LLMBackend:
 
 
 def build_runtime(
-    config: EvalConfig, pipeline: ResolvedPipeline, loader: BackendLoader = default_loader
+    config: PipelineRunConfig, pipeline: ResolvedPipeline, loader: BackendLoader = default_loader
 ) -> PipelineRuntime:
     main = loader(config.model)
     llms = {role: loader(config.roles[role]) if role in config.roles else main

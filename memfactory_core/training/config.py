@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from memfactory_core.eval.config import DataConfig, GenerationConfig, ModelConfig
+from memfactory_core.eval.config import DataConfig, GenerationConfig, PipelineRunConfig
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 
@@ -66,17 +66,13 @@ class TrainDataConfig(DataConfig):
         return self
 
 
-class TrainConfig(BaseModel):
-    """``memfactory train`` configuration (GRPO fields keep TRL GRPOConfig's names)."""
+class TrainConfig(PipelineRunConfig):
+    """``memfactory train`` configuration (GRPO fields keep TRL GRPOConfig's names).
 
-    model_config = ConfigDict(extra="forbid")
+    ``model`` is the policy's base model (transformers backend); ``roles`` holds frozen models
+    for roles other than the trained ones.
+    """
 
-    pipeline: str | dict[str, Any] = Field(description="Preset name, pipeline file or inline spec.")
-    pipeline_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    model: ModelConfig = Field(description="The policy's base model (transformers backend).")
-    roles: dict[str, ModelConfig] = Field(
-        default_factory=dict, description="Frozen models for roles other than the policy's."
-    )
     trained_roles: list[str] = Field(
         default_factory=lambda: ["policy"],
         description="Roles whose turns are trained; they share the policy and its adapter.",
@@ -129,18 +125,6 @@ class TrainConfig(BaseModel):
     device: str | None = Field(None, description="cpu, cuda, ... (None: cuda when available).")
     rollout_backend: Literal["transformers", "vllm"] = "transformers"
     vllm_options: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _model_shorthand(cls, v: Any) -> Any:
-        return {"model": v} if isinstance(v, str) else v
-
-    @field_validator("roles", mode="before")
-    @classmethod
-    def _roles_shorthand(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: {"model": m} if isinstance(m, str) else m for k, m in v.items()}
-        return v
 
     @field_validator("report_to", mode="before")
     @classmethod

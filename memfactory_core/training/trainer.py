@@ -117,7 +117,7 @@ class GRPOTrainer:
         self.config = config
         self.callbacks = list(callbacks)
         self.output_dir = Path(config.output_dir)
-        self.pipeline: ResolvedPipeline = resolve_pipeline(config)  # type: ignore[arg-type]
+        self.pipeline: ResolvedPipeline = resolve_pipeline(config)
         missing = [r for r in config.trained_roles if r not in self.pipeline.roles]
         if missing:
             raise ValidationError("invalid TrainConfig", [Problem(
