@@ -80,9 +80,7 @@ def score_results(results: list[RolloutResult], docs: int | None) -> list[dict[s
         samples = []
         for r in group:
             pred = r.answer or ""
-            answer_steps = [s for s in r.trace.steps if s.lane == "query"]
-            boxed = bool(answer_steps and answer_steps[-1].extra.get("boxed"))
-            sample: dict[str, Any] = {"prediction": pred, "boxed": boxed}
+            sample: dict[str, Any] = {"prediction": pred, "boxed": r.boxed}
             sample.update({name: fn(pred, qa.answers) for name, fn in METRICS.items()})
             samples.append(sample)
         record: dict[str, Any] = {

@@ -48,6 +48,12 @@ class RolloutResult:
     #: LLM turns of this rollout (prompt and generation with token ids), in order
     turns: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def boxed(self) -> bool:
+        """Whether the final answering step reported a ``\\boxed{}`` answer."""
+        steps = [s for s in self.trace.steps if s.lane == "query"]
+        return bool(steps and steps[-1].extra.get("boxed"))
+
 
 @dataclass
 class _Rollout:

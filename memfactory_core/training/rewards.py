@@ -47,15 +47,9 @@ class Reward:
             raise ValueError(f"missing parameter(s) {sorted(missing)}")
 
 
-def boxed(result: RolloutResult) -> bool:
-    """Whether the rollout's answerer produced a ``\\boxed{}`` answer."""
-    steps = [s for s in result.trace.steps if s.lane == "query"]
-    return bool(steps and steps[-1].extra.get("boxed"))
-
-
 def _boxed_em(results: Sequence[RolloutResult], p: dict[str, Any], ctx: RewardContext
               ) -> list[float]:
-    return [exact_match(r.answer or "", r.qa.answers) if boxed(r) else 0.0 for r in results]
+    return [exact_match(r.answer or "", r.qa.answers) if r.boxed else 0.0 for r in results]
 
 
 def _sub_em(results: Sequence[RolloutResult], p: dict[str, Any], ctx: RewardContext
@@ -73,7 +67,7 @@ def _f1(results: Sequence[RolloutResult], p: dict[str, Any], ctx: RewardContext)
 
 def _format(results: Sequence[RolloutResult], p: dict[str, Any], ctx: RewardContext
             ) -> list[float]:
-    return [float(boxed(r)) for r in results]
+    return [float(r.boxed) for r in results]
 
 
 def _memory_length(results: Sequence[RolloutResult], p: dict[str, Any], ctx: RewardContext
