@@ -231,6 +231,16 @@ def _ci(ci: list[float]) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def _register_command_groups() -> None:
+    from app import cli_jobs, cli_ui
+
+    cli_jobs.register(app)
+    cli_ui.register(app)
+
+
+_register_command_groups()
+
+
 def main() -> None:
     """Console entry point: user errors print one clear message, not a traceback."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

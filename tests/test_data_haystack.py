@@ -181,3 +181,18 @@ def test_full_file_at_800_documents_is_fast() -> None:
     assert 300_000 < statistics.mean(e.meta["chars"] for e in episodes) < 700_000
     # A record whose gold paragraph is absent from the file is still built, and says so.
     assert any(e.meta["missing_gold_titles"] for e in episodes)
+
+
+def test_exclude_leaves_out_questions_before_limit(tmp_path: Path) -> None:
+    from memfactory_core.data.loaders import load_episodes, question_ids
+
+    lines = SAMPLE.read_text(encoding="utf-8").splitlines()
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(lines[:5]) + "\n", encoding="utf-8")
+    excluded = question_ids(train)
+    assert len(excluded) == 5
+    for n_docs in (None, 3):
+        kept = load_episodes(SAMPLE, n_docs=n_docs, limit=4, exclude_ids=excluded)
+        ids = [q.id for e in kept for q in e.questions]
+        assert len(ids) == 4 and not set(ids) & excluded
+        assert ids == [q.id for e in load_episodes(SAMPLE, limit=9) for q in e.questions][5:]

@@ -127,3 +127,25 @@ def test_cli_train_and_export(tmp_path: Path) -> None:
     res = runner.invoke(app, ["export", str(out)])
     assert res.exit_code == 0, res.output
     assert (out / "merged" / "config.json").is_file()
+
+
+def test_all_zero_advantages_skip_backward_but_update_like_a_full_pass(tmp_path: Path) -> None:
+    cfg = _config(tmp_path / "run", beta=0.0, learning_rate=0.05)
+    skipping = GRPOTrainer(cfg)
+    full = GRPOTrainer(cfg)
+    with torch.no_grad():
+        for a, b in zip(skipping.model.parameters(), full.model.parameters(), strict=True):
+            b.copy_(a)
+    results, _ = skipping.rollout(skipping.episodes_for_step(0))
+    # one non-zero step first so Adam has momentum, then an all-zero step
+    for trainer in (skipping, full):
+        trainer.optimize(trainer.turn_samples(results, torch.tensor([1.0, -1.0, 0.5, -0.5])))
+    zero = torch.zeros(4)
+    out = skipping.optimize(skipping.turn_samples(results, zero))
+    assert out["micro_batches"] == 0.0 and out["loss"] == 0.0
+    # the full path on the same zero advantages, forced through forward and backward
+    full.config = full.config.model_copy(update={"beta": 1e-30})
+    full.optimize(full.turn_samples(results, zero))
+    for (name, a), b in zip(_adapter(skipping).items(), _adapter(full).values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert skipping.scheduler.get_last_lr() == full.scheduler.get_last_lr()

@@ -56,6 +56,11 @@ def _check_n_docs(episodes: list[Episode], n_docs: int | None, fmt: str, path: s
         )
 
 
+def question_ids(path: str | Path, format: str = "auto") -> set[str]:
+    """The question ids of a data file (cheap: no haystacks are built)."""
+    return {q.id for e in load_episodes(path, format=format) for q in e.questions}
+
+
 def load_episodes(
     path: str | Path,
     format: str = "auto",
@@ -63,6 +68,7 @@ def load_episodes(
     limit: int | None = None,
     seed: int = 0,
     tokenizer: TextTokenizer | None = None,
+    exclude_ids: set[str] | frozenset[str] = frozenset(),
 ) -> list[Episode]:
     """Load a QA data file as Episodes.
 
@@ -71,6 +77,8 @@ def load_episodes(
     haystacks of that many documents (the distractor pool is every record of the file); without
     it, each record's own paragraphs (the distractor setting). ``limit`` keeps the first
     ``limit`` questions and builds only those. ``tokenizer`` fills ``meta["tokens"]``.
+    ``exclude_ids`` leaves out the questions with those ids (before ``limit``), e.g. the
+    questions a policy was trained on.
     """
     if format not in ("auto", *FORMATS):
         raise MemFactoryError(
@@ -82,15 +90,23 @@ def load_episodes(
         raise MemFactoryError(f"n_docs must be at least 1, got {n_docs}")
     fmt = detect_format(path) if format == "auto" else format
     if fmt == "hotpotqa":
-        if n_docs is None:
+        if n_docs is None and not exclude_ids:
             return build_distractor_episodes(load_hotpotqa(path, limit=limit), tokenizer)
         records = load_hotpotqa(path)
-        questions = records if limit is None else records[:limit]
+        questions = [r for r in records if r.id not in exclude_ids]
+        questions = questions if limit is None else questions[:limit]
+        if n_docs is None:
+            return build_distractor_episodes(questions, tokenizer)
         return build_haystacks(
             records, n_docs, seed=seed, tokenizer=tokenizer, questions=questions,
             pool=ParagraphPool.from_records(records),
         )
     loader = load_memagent_json if fmt == "memagent_json" else load_memagent_parquet
-    episodes = loader(path, limit=limit, tokenizer=tokenizer)
+    if exclude_ids:
+        episodes = [e for e in loader(path, tokenizer=tokenizer)
+                    if not any(q.id in exclude_ids for q in e.questions)]
+        episodes = episodes if limit is None else episodes[:limit]
+    else:
+        episodes = loader(path, limit=limit, tokenizer=tokenizer)
     _check_n_docs(episodes, n_docs, fmt, str(path))
     return episodes

@@ -18,7 +18,18 @@ class DataConfig(BaseModel):
         None, description="Documents per haystack (HotpotQA); a list gives one summary each."
     )
     limit: int | None = Field(None, ge=1, description="Number of questions to evaluate.")
+    exclude: str | None = Field(
+        None, description="A data file whose questions are left out, e.g. the training set."
+    )
     seed: int = 0
+
+    def exclude_ids(self) -> set[str]:
+        """Question ids of the ``exclude`` file (empty when none is named)."""
+        if self.exclude is None:
+            return set()
+        from memfactory_core.data.loaders import question_ids
+
+        return question_ids(self.exclude)
 
     @field_validator("docs")
     @classmethod

@@ -150,10 +150,11 @@ def evaluate(
     all_records: list[dict[str, Any]] = []
     by_docs: dict[str, Any] = {}
     started = time.perf_counter()
+    excluded = config.data.exclude_ids()
     for docs in config.data.doc_counts:
         episodes = load_episodes(
             config.data.path, format=config.data.format, n_docs=docs,
-            limit=config.data.limit, seed=config.data.seed,
+            limit=config.data.limit, seed=config.data.seed, exclude_ids=excluded,
         )
         t0 = time.perf_counter()
         records: list[dict[str, Any]] = []

@@ -87,7 +87,8 @@ def load_episodes_for(config: TrainConfig) -> list[Episode]:
 
     assert d.path is not None
     docs = d.doc_counts[0]
-    return load_episodes(d.path, format=d.format, n_docs=docs, limit=d.limit, seed=d.seed)
+    return load_episodes(d.path, format=d.format, n_docs=docs, limit=d.limit, seed=d.seed,
+                         exclude_ids=d.exclude_ids())
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -313,6 +314,8 @@ class GRPOTrainer:
     def optimize(self, samples: list[TurnSample]) -> dict[str, float]:
         """``num_iterations`` optimizer updates on one step's turn samples."""
         cfg = self.config
+        if cfg.beta == 0 and all(s.advantage == 0 for s in samples):
+            return self._zero_gradient_update()
         micro = [self._batch_tensors(b) for b in self._micro_batches(samples)]
         total_tokens = sum(int(m["completion_mask"].sum()) for m in micro)
         with torch.no_grad():
@@ -356,6 +359,21 @@ class GRPOTrainer:
             "grad_norm": sum(stats["grad_norm"]) / it,
             "micro_batches": float(len(micro)),
         }
+
+    def _zero_gradient_update(self) -> dict[str, float]:
+        """Every advantage is 0 and there is no KL term, so the loss and all its gradients
+        are exactly 0: skip the forward and backward passes but still step the optimizer
+        and scheduler, as a full pass would (Adam's momentum still moves the weights)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for _ in range(self.config.num_iterations):
+            self.optimizer.zero_grad(set_to_none=False)
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            self.optimizer.step()
+            self.scheduler.step()
+        return {"loss": 0.0, "clip_ratio/low_mean": 0.0, "clip_ratio/high_mean": 0.0,
+                "clip_ratio/region_mean": 0.0, "grad_norm": 0.0, "micro_batches": 0.0}
 
     # ------------------------------------------------------------------ steps
     def train_step(self) -> tuple[dict[str, float], list[dict[str, Any]]]:

@@ -1,0 +1,1 @@
+"""Run store and background execution of training and evaluation runs."""
