@@ -48,6 +48,11 @@ def _app(state: Server) -> FastAPI:
         if body["model"] == "boom":
             return JSONResponse({"error": {"message": "model exploded"}}, status_code=500)
         content = body["messages"][-1]["content"]
+        if body["model"] == "judge":
+            refs = content.split("Reference answers: ", 1)[1].split("\n", 1)[0].split("; ")
+            pred = content.rsplit("Predicted answer: ", 1)[1].strip()
+            content = "Yes" if pred in refs else "No, it is not"
+            body = {**body, "model": "judge-echo"}
         state.in_flight += 1
         state.max_in_flight = max(state.max_in_flight, state.in_flight)
         try:
@@ -56,7 +61,7 @@ def _app(state: Server) -> FastAPI:
             await asyncio.sleep(delay)
         finally:
             state.in_flight -= 1
-        reply = f"echo: {content}"
+        reply = content if body["model"] == "judge-echo" else f"echo: {content}"
         words = reply.split()
         finish = "stop"
         if len(words) > body.get("max_tokens", 1000):
@@ -225,3 +230,26 @@ def test_custom_tokenizer_is_used(server: Server) -> None:
 
     backend = OpenAIBackend("echo-model", base_url=server.url, tokenizer=Chars())
     assert backend.count_tokens("abc") == 3
+
+
+def test_llm_judge_reward_over_the_endpoint(server: Server,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from memfactory_core.config import validate_config
+    from memfactory_core.training.config import TrainConfig
+    from memfactory_core.training.rewards import RewardContext, compute_rewards
+    from tests.fakes import CharTokenizer
+    from tests.test_training_units import _result
+
+    monkeypatch.setenv("MEMFACTORY_JUDGE_KEY", SECRET)
+    cfg = validate_config({
+        "pipeline": "memagent", "model": "tiny-random", "data": {"synthetic": {}},
+        "output_dir": "x",
+        "rewards": [{"name": "llm_judge", "weight": 2.0, "model": "judge",
+                     "base_url": server.url, "api_key_env": "MEMFACTORY_JUDGE_KEY"}],
+    }, TrainConfig)
+    results = [_result("Paris", True, ""), _result("Rome", True, ""), _result(None, False, "")]
+    server.requests.clear()
+    totals, comps = compute_rewards(results, cfg.rewards, RewardContext(CharTokenizer()))
+    assert comps["llm_judge"] == [1.0, 0.0, 0.0]
+    assert totals == [2.0, 0.0, 0.0]
+    assert len(server.requests) == 3 and server.auth[-1] == f"Bearer {SECRET}"

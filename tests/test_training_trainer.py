@@ -120,10 +120,12 @@ def test_cli_train_and_export(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     runner = CliRunner()
     res = runner.invoke(app, ["train", "assets/configs/train_memagent_tiny.yaml", "--quiet",
-                              "max_steps=2", "save_steps=1", f"output_dir={out}"])
+                              "max_steps=3", "save_steps=1", "save_total_limit=2",
+                              f"output_dir={out}"])
     assert res.exit_code == 0, res.output
-    assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (out / "checkpoint-3" / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
     res = runner.invoke(app, ["export", str(out)])
     assert res.exit_code == 0, res.output
     assert (out / "merged" / "config.json").is_file()
@@ -149,3 +151,24 @@ def test_all_zero_advantages_skip_backward_but_update_like_a_full_pass(tmp_path:
     for (name, a), b in zip(_adapter(skipping).items(), _adapter(full).values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
     assert skipping.scheduler.get_last_lr() == full.scheduler.get_last_lr()
+
+
+def test_report_to_tensorboard_and_wandb_offline(tmp_path: Path,
+                                                 monkeypatch: Any) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "tracked"
+    from memfactory_core.training.callbacks import ReportToCallback
+
+    cfg = _config(out, max_steps=2, report_to=["tensorboard", "wandb"])
+    GRPOTrainer(cfg, [ReportToCallback(cfg.report_to)]).train()
+    [events] = list((out / "runs").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/reward")] == [1, 2]
+    assert "train/kl" in acc.Tags()["scalars"]
+    # wandb's offline run log is protobuf: the logged keys are stored as plain strings
+    [log] = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert b"train/reward" in log.read_bytes() and b"train/kl" in log.read_bytes()

@@ -112,6 +112,9 @@ class TrainConfig(PipelineRunConfig):
     max_steps: int = Field(100, ge=1)
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1)
+    save_total_limit: int | None = Field(
+        None, ge=1, description="Keep only the newest N checkpoints (None: keep all)."
+    )
     save_samples: int = Field(4, ge=0, description="Trajectories saved per logged step.")
     max_grad_norm: float = Field(1.0, gt=0.0)
     lr_scheduler_type: Literal[

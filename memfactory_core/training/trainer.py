@@ -463,10 +463,23 @@ class GRPOTrainer:
 
             shutil.rmtree(path)
         tmp.rename(path)
+        self._prune_checkpoints()
         state = self._state(logged=False)
         for cb in self.callbacks:
             cb.on_save(state, path)
         return path
+
+    def _prune_checkpoints(self) -> None:
+        limit = self.config.save_total_limit
+        if limit is None:
+            return
+        import shutil
+
+        found = sorted((int(p.name[len(CHECKPOINT_PREFIX):]), p)
+                       for p in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*")
+                       if p.name[len(CHECKPOINT_PREFIX):].isdigit())
+        for _, old in found[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore adapter weights, optimizer, scheduler, RNG and step from ``path``."""
