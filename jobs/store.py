@@ -59,6 +59,11 @@ def host_name() -> str:
     return socket.gethostname()
 
 
+def _attempt_is(attempt: int | None) -> tuple[Any, ...]:
+    """A WHERE clause matching one attempt of a run (nothing when ``attempt`` is None)."""
+    return () if attempt is None else (Run.attempts == attempt,)
+
+
 class RunStore:
     """Runs, metrics, samples, artifacts and pipelines in one database."""
 
@@ -174,17 +179,20 @@ class RunStore:
             return bool(s.execute(update(Run).where(Run.id == run_id, Run.status == "starting")
                                   .values(**values)).rowcount)
 
-    def heartbeat(self, run_id: int) -> bool:
-        """Record that the run is alive; returns whether a cancel was requested."""
+    def heartbeat(self, run_id: int, attempt: int | None = None) -> bool:
+        """Record that the run is alive; returns whether a cancel was requested. With
+        ``attempt``, only that attempt of the run counts as alive."""
         with self.session() as s, s.begin():
-            s.execute(update(Run).where(Run.id == run_id, Run.status.in_(ACTIVE_STATUSES))
+            s.execute(update(Run).where(Run.id == run_id, Run.status.in_(ACTIVE_STATUSES),
+                                        *_attempt_is(attempt))
                       .values(heartbeat_at=time.time()))
             requested = s.scalar(select(Run.cancel_requested_at).where(Run.id == run_id))
         return requested is not None
 
     def finish(self, run_id: int, status: str, error: str | None = None,
-               summary: dict[str, Any] | None = None) -> bool:
-        """Set a final status unless the run already has one; returns whether it did."""
+               summary: dict[str, Any] | None = None, attempt: int | None = None) -> bool:
+        """Set a final status unless the run already has one; returns whether it did. With
+        ``attempt``, only while the run is still at that attempt (not claimed again since)."""
         if status not in FINAL_STATUSES:
             raise ValueError(f"not a final status: {status}")
         values: dict[str, Any] = {"status": status, "finished_at": time.time(), "error": error}
@@ -192,14 +200,17 @@ class RunStore:
             values["summary"] = summary
         with self.session() as s, s.begin():
             return bool(s.execute(
-                update(Run).where(Run.id == run_id, Run.status.not_in(FINAL_STATUSES))
+                update(Run).where(Run.id == run_id, Run.status.not_in(FINAL_STATUSES),
+                                  *_attempt_is(attempt))
                 .values(**values)).rowcount)
 
-    def requeue(self, run_id: int, reason: str) -> bool:
-        """Put an active run back in the queue (it resumes from its last checkpoint)."""
+    def requeue(self, run_id: int, reason: str, attempt: int | None = None) -> bool:
+        """Put an active run back in the queue (it resumes from its last checkpoint). With
+        ``attempt``, only while the run is still at that attempt."""
         with self.session() as s, s.begin():
             return bool(s.execute(
-                update(Run).where(Run.id == run_id, Run.status.in_(ACTIVE_STATUSES))
+                update(Run).where(Run.id == run_id, Run.status.in_(ACTIVE_STATUSES),
+                                  *_attempt_is(attempt))
                 .values(status="queued", pid=None, worker=None, error=reason,
                         external_id=None)).rowcount)
 
@@ -278,6 +289,30 @@ class RunStore:
         with self.session() as s:
             found = dict(s.execute(q).tuples().all())
         return {i: found.get(i) for i in run_ids}
+
+    def write_batch(
+        self,
+        run_id: int,
+        metrics: Iterable[MetricRow] = (),
+        samples: Iterable[tuple[str, int | None, dict[str, Any]]] = (),
+        artifacts: Iterable[tuple[str, str, int | None]] = (),
+    ) -> tuple[int, int, int]:
+        """Metric rows, samples ``(kind, step, data)`` and artifacts ``(kind, path, step)``
+        of one run in a single transaction (all or nothing, so a retry never duplicates);
+        returns how many of each."""
+        now = time.time()
+        m = [{"run_id": run_id, "step": r.step, "name": r.name, "value": float(r.value),
+              "time": r.time} for r in metrics]
+        sm = [{"run_id": run_id, "step": step, "kind": kind, "data": data}
+              for kind, step, data in samples]
+        a = [{"run_id": run_id, "kind": kind, "path": str(path), "step": step,
+              "created_at": now} for kind, path, step in artifacts]
+        if m or sm or a:
+            with self.session() as s, s.begin():
+                for table, payload in ((Metric, m), (Sample, sm), (Artifact, a)):
+                    if payload:
+                        s.execute(insert(table), payload)
+        return len(m), len(sm), len(a)
 
     # --------------------------------------------------------------- samples
     def add_samples(self, run_id: int, samples: Iterable[dict[str, Any]], kind: str,
