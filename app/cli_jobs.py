@@ -86,7 +86,9 @@ def worker(
     ] = None,
     backend: Annotated[str, typer.Option(help="local | ray")] = "local",
     ray_address: Annotated[
-        str | None, typer.Option("--ray-address", help="Ray cluster address (ray backend).")
+        str | None, typer.Option("--ray-address",
+                                 help="Ray job server (dashboard) address, e.g. "
+                                      "http://HEAD:8265 (ray backend).")
     ] = None,
     heartbeat: Annotated[
         float | None, typer.Option(help="Seconds between run heartbeats "
@@ -110,7 +112,7 @@ def worker(
         except ImportError as exc:
             raise MemFactoryError(f"the ray backend needs Ray: pip install -e '.[ray]' ({exc})"
                                   ) from exc
-        executor = RayExecutor(ray_address)
+        executor = RayExecutor(ray_address, stop_grace_s=grace)
     # Ray places runs on the cluster's GPUs itself; local ids mean nothing there
     gpu_list: list[str] | None = [] if backend == "ray" else None
     if gpus is not None:

@@ -273,6 +273,8 @@ class Scheduler:
     def _watch(self) -> None:
         now = time.monotonic()
         for run_id, act in list(self._active.items()):
+            with contextlib.suppress(Exception):  # remote executors mirror logs as they go
+                self.executor.sync_logs(act.handle)
             run = self.store.get_run(run_id)
             mine = run.attempts == act.attempt and run.status in ACTIVE_STATUSES
             if mine and run.cancel_requested_at is not None and act.terminated_at is None:

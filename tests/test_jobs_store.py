@@ -149,6 +149,13 @@ def test_submit_validates_before_queueing_and_keeps_data(store: RunStore,
     assert store.get_run(kept.id).config == kept.config
 
 
+def test_database_path_with_url_escapes(tmp_path: Path) -> None:
+    odd = tmp_path / "50% done, really"
+    store = RunStore(url=f"sqlite:///{odd}.sqlite")
+    assert store.create_run("eval", {}).id == 1
+    assert Path(f"{odd}.sqlite").is_file()
+
+
 def test_wrong_database_url_is_a_clear_error() -> None:
     with pytest.raises(MemFactoryError, match="not a database URL"):
         RunStore(url="not a url at all")
