@@ -1,5 +1,7 @@
 """GRPO training of memory policies: config, rewards, advantages, loss, trainer, export."""
 
+import warnings
+
 from memfactory_core.training.advantages import GroupAdvantages, group_advantages
 from memfactory_core.training.callbacks import (
     ConsoleCallback,
@@ -12,6 +14,11 @@ from memfactory_core.training.callbacks import (
 from memfactory_core.training.config import LoraConfig, RewardSpec, TrainConfig
 from memfactory_core.training.loss import LossOutput, grpo_loss
 from memfactory_core.training.rewards import REWARDS, RewardContext, compute_rewards
+
+# peft probes ``model.is_gradient_checkpointing``, which transformers 5 deprecates: the warning
+# is about peft's code, not the user's, and would fill every training log.
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*",
+                        category=FutureWarning)
 
 __all__ = [
     "REWARDS",
