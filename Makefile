@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/memfactory eval assets/configs/eval_memagent_smollm2.yaml data.limit=8 output_dir=runs/demo
+	$(BIN)/memfactory ui
 
 test: install
 	$(BIN)/python -m pytest -m "slow or not slow"
@@ -28,3 +28,5 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/rollout_batching.py
+	$(BIN)/python bench/train_overhead.py
+	$(BIN)/python bench/store_throughput.py

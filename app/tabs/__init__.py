@@ -1,0 +1,1 @@
+"""The workbench's tabs: one module each, building its components and wiring thin callbacks."""
