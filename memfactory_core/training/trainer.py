@@ -177,7 +177,10 @@ class GRPOTrainer:
         if cfg.rollout_backend == "vllm":
             from memfactory_core.llm.vllm_backend import VLLMBackend
 
-            self.vllm = VLLMBackend(self.base_path, enable_lora=True, **cfg.vllm_options)
+            # vLLM accepts LoRA ranks 8, 16, 32, ...: the smallest that holds the adapter
+            rank = max(8, 1 << (cfg.lora.r - 1).bit_length())
+            options = {"max_lora_rank": rank, **cfg.vllm_options}
+            self.vllm = VLLMBackend(self.base_path, enable_lora=True, **options)
             rollout = self.vllm
         llms: dict[str, LLMBackend] = {}
         frozen = AdapterDisabledBackend(self.policy, self.model)

@@ -1,0 +1,62 @@
+"""Training with vLLM rollouts, checked against the stand-in vllm module: each step's
+rollouts use the adapter just saved, and the trainer learns from the turns vLLM returned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memfactory_core.training.trainer import GRPOTrainer
+from tests.test_llm_vllm import _LLM, _Completion, _RequestOutput, fake_vllm  # noqa: F401
+from tests.test_training_trainer import _config
+
+
+class _TokenizingLLM(_LLM):
+    """Replies with real token ids of the tiny-random tokenizer, varying per request."""
+
+    def chat(self, messages: list[Any], sampling_params: Any, **kwargs: Any) -> list[Any]:
+        self.calls.append({"messages": messages, "sampling_params": sampling_params, **kwargs})
+        tok = self.get_tokenizer()
+        out = []
+        for i, m in enumerate(messages):
+            text = tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
+            prompt = tok.encode(text, add_special_tokens=False)
+            # every other reply never closes its box: the format reward varies in each group
+            text = f"Rome and {len(self.calls)}.{i}" if i % 2 else "Rome}"
+            out.append(_RequestOutput(list(prompt), [_Completion(
+                text, tok.encode(text, add_special_tokens=False), "stop")]))
+        return out
+
+
+def test_vllm_rollouts_load_each_steps_adapter(fake_vllm: type[_LLM],  # noqa: F811
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    import sys
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(sys.modules["vllm"], "LLM", _TokenizingLLM)
+    cfg = _config(tmp_path / "run", rollout_backend="vllm", device="cpu", max_steps=2,
+                  lora={"r": 24, "alpha": 48}, vllm_options={"gpu_memory_utilization": 0.5})
+    trainer = GRPOTrainer(cfg)
+    [llm] = [x for x in _LLM.instances if isinstance(x, _TokenizingLLM)]
+    assert llm.kwargs["enable_lora"] is True and llm.kwargs["max_lora_rank"] == 32
+    assert llm.kwargs["gpu_memory_utilization"] == 0.5
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()
+              if p.requires_grad}
+    summary = trainer.train()
+    assert summary["steps"] == 2
+    requests = [c["lora_request"] for c in llm.calls]
+    assert all(r is not None and r.lora_path == str(tmp_path / "run" / "rollout_adapter")
+               for r in requests)
+    # a fresh adapter id each step, so vLLM reloads the weights saved for that step
+    assert len({r.lora_int_id for r in requests}) == 2
+    assert (tmp_path / "run" / "rollout_adapter" / "adapter_model.safetensors").is_file()
+    last = summary["last_metrics"]
+    assert last["trained_turns"] > 0 and last["grad_norm"] > 0
+    moved = [n for n, p in trainer.model.named_parameters()
+             if p.requires_grad and not torch.equal(p, before[n])]
+    assert moved
