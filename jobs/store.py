@@ -75,6 +75,8 @@ class RunStore:
         if migrate:
             upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        #: read a metric series as JSON arrays (SQLite's json_group_array) instead of rows
+        self.json_series = self.engine.dialect.name == "sqlite"
 
     @property
     def url(self) -> str:
@@ -266,7 +268,7 @@ class RunStore:
         if names is not None:
             cond.append(Metric.name.in_(list(names)))
         with self.session() as s:
-            if self.engine.dialect.name == "sqlite":
+            if self.json_series:
                 # one row per series, its points as JSON arrays: a chart of 20 runs x 5,000
                 # steps reads in half the time of one Python row per point
                 q = (select(Metric.run_id, Metric.name, func.json_group_array(Metric.id),

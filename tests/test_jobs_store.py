@@ -95,7 +95,9 @@ def test_requeue_and_filters(store: RunStore) -> None:
         store.create_run("bogus", {})
 
 
-def test_metrics_samples_artifacts(store: RunStore) -> None:
+@pytest.mark.parametrize("json_series", [True, False], ids=["json-arrays", "rows"])
+def test_metrics_samples_artifacts(store: RunStore, json_series: bool) -> None:
+    store.json_series = json_series  # the rows path is what PostgreSQL and others use
     r = store.create_run("train", {})
     now = time.time()
     rows = [MetricRow(step, name, step * 0.1, now) for step in range(1, 4)
