@@ -265,7 +265,7 @@ def run_eval(run: Run, store: RunStore, control: RunControl, sink: StoreSink
     cfg = validate_config(run.config, EvalConfig, source=f"run {run.id} config")
     log(f"evaluating {cfg.data.path} (docs={cfg.data.docs}, limit={cfg.data.limit})")
     with control.interruptible():
-        results = evaluate(cfg, progress=False)
+        results = evaluate(cfg, progress=False, on_batch=_log_eval_progress)
     summary = {k: v for k, v in results["summary"].items() if k not in ("config", "pipeline")}
     sink.log_metrics(0, eval_metrics(summary))
     sink.log_samples(results["records"], kind="eval_record", step=0)
@@ -273,6 +273,10 @@ def run_eval(run: Run, store: RunStore, control: RunControl, sink: StoreSink
     log("  ".join(f"{k}={summary[k]:.3f}" for k in ("em", "sub_em", "f1", "boxed_rate")
                   if isinstance(summary.get(k), int | float)) + f"  n={summary.get('n')}")
     return summary, False
+
+
+def _log_eval_progress(docs: int | None, done: int, total: int) -> None:
+    log(f"evaluated {done}/{total} questions" + (f" at {docs} documents" if docs else ""))
 
 
 def eval_metrics(summary: dict[str, Any]) -> dict[str, float]:

@@ -43,11 +43,14 @@ def test_tiny_eval_writes_results(tmp_path: Path) -> None:
 
 
 def test_doc_count_list_gives_one_summary_each(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, "data.docs=[10,20]", "data.limit=2",
+    cfg = tiny_config(tmp_path, "data.docs=[10,20]", "data.limit=3", "batch_size=2",
                       "pipeline_params.token_chunker.chunk_tokens=2000")
-    summary = evaluate(cfg, progress=False)["summary"]
+    seen: list[tuple[int | None, int, int]] = []
+    summary = evaluate(cfg, progress=False,
+                       on_batch=lambda *a: seen.append(a))["summary"]
+    assert seen == [(10, 2, 3), (10, 3, 3), (20, 2, 3), (20, 3, 3)]
     assert set(summary["by_docs"]) == {"10", "20"}
-    assert summary["by_docs"]["10"]["n"] == 2 and summary["n"] == 4
+    assert summary["by_docs"]["10"]["n"] == 3 and summary["n"] == 6
     assert (summary["by_docs"]["20"]["mean_document_tokens"]
             > summary["by_docs"]["10"]["mean_document_tokens"])
 

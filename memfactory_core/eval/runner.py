@@ -141,8 +141,12 @@ def evaluate(
     loader: BackendLoader = default_loader,
     progress: bool = True,
     runtime: PipelineRuntime | None = None,
+    on_batch: Callable[[int | None, int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the evaluation a config describes; write and return ``results.json``'s content."""
+    """Run the evaluation a config describes; write and return ``results.json``'s content.
+
+    ``on_batch(docs, done, total)`` is called after each batch of questions (a background
+    run logs it)."""
     pipeline = runtime.pipeline if runtime is not None else resolve_pipeline(config)
     runtime = runtime or build_runtime(config, pipeline, loader)
     out_dir = Path(config.output_dir)
@@ -169,6 +173,8 @@ def evaluate(
             finally:
                 bar.close()
             records.extend(score_results(results, docs))
+            if on_batch is not None:
+                on_batch(docs, len(records), len(episodes))
         by_docs[str(docs)] = summarize_records(records, time.perf_counter() - t0)
         all_records.extend(records)
     summary = summarize_records(all_records, time.perf_counter() - started)
