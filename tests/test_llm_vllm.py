@@ -57,22 +57,50 @@ class _RequestOutput:
 
 
 class _LLM:
+    """``vllm.LLM`` as far as the backend uses it. ``chat`` takes vLLM's keyword defaults
+    and renders each chat with the model's template exactly as vLLM does, so a backend that
+    forgets ``continue_final_message`` gets a closed assistant turn, as it would on a GPU."""
+
     instances: list[_LLM] = []  # noqa: RUF012
 
     def __init__(self, **kwargs: Any) -> None:
         self.kwargs = kwargs
         self.calls: list[dict[str, Any]] = []
+        self._tok: Any = None
         _LLM.instances.append(self)
 
     def get_tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
+        if self._tok is None:
+            from transformers import AutoTokenizer
 
-        from memfactory_core.llm.models import resolve_model_path
+            from memfactory_core.llm.models import resolve_model_path
 
-        return AutoTokenizer.from_pretrained(resolve_model_path("tiny-random"))
+            self._tok = AutoTokenizer.from_pretrained(resolve_model_path("tiny-random"))
+        return self._tok
 
-    def chat(self, messages: list[Any], sampling_params: Any, **kwargs: Any) -> list[Any]:
-        self.calls.append({"messages": messages, "sampling_params": sampling_params, **kwargs})
+    def render(self, messages: list[Any], add_generation_prompt: bool,
+               continue_final_message: bool) -> list[str]:
+        """The prompt text of each chat, as vLLM's ``LLM.chat`` builds it."""
+        if add_generation_prompt and continue_final_message:
+            # vLLM's own check
+            raise ValueError("Cannot set both `continue_final_message` and "
+                             "`add_generation_prompt` to True.")
+        tok = self.get_tokenizer()
+        return [tok.apply_chat_template(m, tokenize=False,
+                                        add_generation_prompt=add_generation_prompt,
+                                        continue_final_message=continue_final_message)
+                for m in messages]
+
+    def chat(self, messages: list[Any], sampling_params: Any = None, use_tqdm: bool = True,
+             lora_request: Any = None, chat_template: str | None = None,
+             add_generation_prompt: bool = True, continue_final_message: bool = False,
+             **kwargs: Any) -> list[Any]:
+        texts = self.render(messages, add_generation_prompt, continue_final_message)
+        self.calls.append({"messages": messages, "sampling_params": sampling_params,
+                           "use_tqdm": use_tqdm, "lora_request": lora_request,
+                           "add_generation_prompt": add_generation_prompt,
+                           "continue_final_message": continue_final_message,
+                           "prompts": texts, **kwargs})
         return [
             _RequestOutput(
                 prompt_token_ids=list(range(len(m[-1]["content"]))),
@@ -159,3 +187,34 @@ def test_adapter_needs_lora(fake_vllm: type[_LLM], monkeypatch: pytest.MonkeyPat
     assert "enable_lora" not in fake_vllm.instances[0].kwargs
     with pytest.raises(MemFactoryError, match="enable_lora=True"):
         backend.set_adapter("/nowhere")
+
+
+def test_a_prompt_ending_with_an_assistant_prefix_is_continued(
+    fake_vllm: type[_LLM], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    backend = VLLMBackend("base/model")
+    [llm] = fake_vllm.instances
+    prefilled = [[{"role": "user", "content": "Where is it?"},
+                  {"role": "assistant", "content": "Answer: \\boxed{"}]] * 2
+    backend.generate(prefilled, SamplingParams(max_new_tokens=4))
+    call = llm.calls[-1]
+    assert (call["continue_final_message"], call["add_generation_prompt"]) == (True, False)
+    # the model goes on inside the open box, not after a closed assistant turn
+    assert all(text.endswith("<|im_start|>assistant\nAnswer: \\boxed{")
+               for text in call["prompts"]), call["prompts"]
+
+    plain = [[{"role": "user", "content": "Where is it?"}]]
+    backend.generate(plain, SamplingParams(max_new_tokens=4))
+    call = llm.calls[-1]
+    assert (call["continue_final_message"], call["add_generation_prompt"]) == (False, True)
+    assert call["prompts"][0].endswith("Where is it?<|im_end|>\n<|im_start|>assistant\n")
+
+    # the same text the transformers backend feeds its model
+    local = load_backend("tiny-random")
+    assert local.render_prompts(prefilled[:1] + plain) == [
+        llm.calls[-2]["prompts"][0], call["prompts"][0]]
+    with pytest.raises(MemFactoryError, match="cannot mix"):
+        backend.generate([prefilled[0], plain[0]], SamplingParams(max_new_tokens=4))

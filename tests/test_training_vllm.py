@@ -16,17 +16,21 @@ from tests.test_training_trainer import _config
 class _TokenizingLLM(_LLM):
     """Replies with real token ids of the tiny-random tokenizer, varying per request."""
 
-    def chat(self, messages: list[Any], sampling_params: Any, **kwargs: Any) -> list[Any]:
-        self.calls.append({"messages": messages, "sampling_params": sampling_params, **kwargs})
+    def chat(self, messages: list[Any], sampling_params: Any = None, use_tqdm: bool = True,
+             lora_request: Any = None, chat_template: str | None = None,
+             add_generation_prompt: bool = True, continue_final_message: bool = False,
+             **kwargs: Any) -> list[Any]:
+        texts = self.render(messages, add_generation_prompt, continue_final_message)
+        self.calls.append({"messages": messages, "sampling_params": sampling_params,
+                           "lora_request": lora_request, "prompts": texts, **kwargs})
         tok = self.get_tokenizer()
         out = []
-        for i, m in enumerate(messages):
-            text = tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
+        for i, text in enumerate(texts):
             prompt = tok.encode(text, add_special_tokens=False)
             # every other reply never closes its box: the format reward varies in each group
-            text = f"Rome and {len(self.calls)}.{i}" if i % 2 else "Rome}"
+            reply = f"Rome and {len(self.calls)}.{i}" if i % 2 else "Rome}"
             out.append(_RequestOutput(list(prompt), [_Completion(
-                text, tok.encode(text, add_special_tokens=False), "stop")]))
+                reply, tok.encode(reply, add_special_tokens=False), "stop")]))
         return out
 
 
@@ -60,3 +64,14 @@ def test_vllm_rollouts_load_each_steps_adapter(fake_vllm: type[_LLM],  # noqa: F
     moved = [n for n, p in trainer.model.named_parameters()
              if p.requires_grad and not torch.equal(p, before[n])]
     assert moved
+
+    # the answer turns the trainer learns from continue the prefilled answer prefix, with
+    # the same prompt tokens as a local rollout of the same chat
+    results, _ = trainer.rollout(trainer.episodes_for_step(0))
+    answers = [t for r in results for t in r.turns if t["component"] == "boxed_answerer"]
+    assert answers
+    for turn in answers:
+        assert turn["prompt"][-1] == {"role": "assistant", "content": "\\boxed{"}
+        ids = turn["generation"].prompt_ids
+        assert trainer.tokenizer.decode(ids).endswith("<|im_start|>assistant\n\\boxed{")
+        assert ids == trainer.policy.encode_prompts([turn["prompt"]])[0]
