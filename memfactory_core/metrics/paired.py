@@ -1,0 +1,194 @@
+"""Paired bootstrap: how much one run beats another on the same questions, with a CI.
+
+Both runs are scored on the same questions, so the uncertainty of their difference comes from
+the per-question differences, not from two independent intervals (which overlap far more often
+than the difference is uncertain). Each resample draws question indices with replacement and
+applies them to both runs at once.
+
+Resamples are drawn exactly as :func:`memfactory_core.metrics.stats.bootstrap_ci` draws them
+(same generator, seed and block size), then turned into per-question counts, so the mean of
+every metric (and of both runs) under one resample is a single matrix product. A comparison of
+ten runs with a dozen metrics costs one draw per distinct question count instead of one per
+metric and run; the interval of one run's metric equals ``bootstrap_ci``'s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from threading import Lock
+from typing import Any
+
+import numpy as np
+
+from memfactory_core.metrics.stats import _BLOCK_ELEMENTS
+
+_CACHE_ENTRIES = 16
+_counts_cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+_cache_lock = Lock()
+# Stands for an infinite relative change so that np.quantile can interpolate next to it.
+_HUGE = 1e300
+
+
+@dataclass(frozen=True)
+class PairedDiff:
+    """One metric of ``other`` against ``base`` on their ``n`` shared questions.
+
+    ``diff`` = mean(other) - mean(base) with its percentile-bootstrap interval; ``rel`` =
+    ``diff / |mean(base)|`` with its interval (None when the base mean is 0; an end is
+    ``inf`` when more than the tail's share of resamples has a zero base mean).
+    ``excludes_zero``: the interval of ``diff`` lies entirely above or below 0."""
+
+    n: int
+    base_mean: float
+    other_mean: float
+    diff: float
+    diff_low: float
+    diff_high: float
+    rel: float | None
+    rel_low: float | None
+    rel_high: float | None
+    excludes_zero: bool
+    confidence: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resample_counts(n: int, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """``(n_resamples, n)`` int32 matrix: how often each of ``n`` items is drawn in each
+    resample. Drawn as ``bootstrap_ci`` draws its indices; the last few are cached."""
+    if n < 1:
+        raise ValueError(f"resample_counts needs at least one item, got {n}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+    key = (n, n_resamples, seed)
+    with _cache_lock:
+        found = _counts_cache.get(key)
+        if found is not None:
+            _counts_cache.move_to_end(key)
+            return found
+    rng = np.random.default_rng(seed)
+    counts = np.empty((n_resamples, n), dtype=np.int32)
+    block = max(1, _BLOCK_ELEMENTS // n)
+    for start in range(0, n_resamples, block):
+        stop = min(n_resamples, start + block)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        flat = (idx + n * np.arange(stop - start)[:, None]).ravel()
+        counts[start:stop] = np.bincount(flat, minlength=(stop - start) * n).reshape(-1, n)
+    counts.setflags(write=False)
+    with _cache_lock:
+        _counts_cache[key] = counts
+        while len(_counts_cache) > _CACHE_ENTRIES:
+            _counts_cache.popitem(last=False)
+    return counts
+
+
+def resampled_means(columns: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
+    """Bootstrap means of each column of an ``(n, k)`` array: ``(n_resamples, k)``, every
+    column resampled with the same question indices (that is what pairs them)."""
+    data = np.asarray(columns, dtype=np.float64)
+    if data.ndim == 1:
+        data = data[:, None]
+    n = data.shape[0]
+    if not np.all(np.isfinite(data)):
+        raise ValueError("resampled_means got a NaN or infinite value")
+    counts = resample_counts(n, n_resamples, seed)
+    return (counts @ data) / n
+
+
+def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def _check(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+
+
+def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95,
+            n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the same numbers as ``stats.bootstrap_ci`` (to rounding),
+    from cached resample counts."""
+    _check(confidence)
+    data = np.asarray(values, dtype=np.float64).reshape(-1)
+    if data.size == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(data.mean())
+    if data.size == 1 or np.all(data == data[0]):
+        return (mean, mean, mean)
+    low, high = _interval(resampled_means(data, n_resamples, seed)[:, 0], confidence)
+    return (mean, low, high)
+
+
+def relative_change(diff: np.ndarray | float, base: np.ndarray | float) -> np.ndarray:
+    """``diff / |base|``; where the base is 0: +inf / -inf by the sign of ``diff``, 0 when
+    ``diff`` is 0 too."""
+    d = np.asarray(diff, dtype=np.float64)
+    b = np.abs(np.asarray(base, dtype=np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = d / b
+    zero = b == 0
+    if not np.any(zero):
+        return out
+    signed = np.where(d > 0, np.inf, np.where(d < 0, -np.inf, 0.0))
+    return np.where(zero, signed, out)
+
+
+def paired_bootstrap(base: Sequence[float] | np.ndarray, other: Sequence[float] | np.ndarray,
+                     confidence: float = 0.95, n_resamples: int = 2000,
+                     seed: int = 0) -> PairedDiff:
+    """Paired percentile bootstrap of ``mean(other) - mean(base)`` and of the relative change,
+    over questions given in the same order in both sequences."""
+    return paired_bootstrap_many(np.asarray(base, dtype=np.float64).reshape(-1, 1),
+                                 np.asarray(other, dtype=np.float64).reshape(-1, 1),
+                                 confidence, n_resamples, seed)[0]
+
+
+def paired_bootstrap_many(base: np.ndarray, other: np.ndarray, confidence: float = 0.95,
+                          n_resamples: int = 2000, seed: int = 0) -> list[PairedDiff]:
+    """:func:`paired_bootstrap` of ``k`` metrics at once: ``base`` and ``other`` are
+    ``(n, k)`` arrays (row i: question i in both), one resample draw for all of them."""
+    _check(confidence)
+    a = np.asarray(base, dtype=np.float64)
+    b = np.asarray(other, dtype=np.float64)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"paired scores need the same (questions, metrics) shape, got "
+                         f"{a.shape} and {b.shape}")
+    n, k = a.shape
+    if n == 0:
+        nan = math.nan
+        return [PairedDiff(0, nan, nan, nan, nan, nan, None, None, None, False, confidence)
+                for _ in range(k)]
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("paired_bootstrap got a NaN or infinite score")
+    base_means = a.mean(axis=0)
+    other_means = b.mean(axis=0)
+    means = resampled_means(np.concatenate([a, b - a], axis=1), n_resamples, seed)
+    out = []
+    for j in range(k):
+        diff = float(other_means[j] - base_means[j])
+        deltas = b[:, j] - a[:, j]
+        if n == 1 or np.all(deltas == deltas[0]):
+            low = high = diff
+            # with identical deltas every resample has the same difference; the relative
+            # change still varies with the base's resampled mean
+        else:
+            low, high = _interval(means[:, k + j], confidence)
+        rel = rel_low = rel_high = None
+        if base_means[j] != 0:
+            rel = diff / abs(float(base_means[j]))
+            ratios = relative_change(means[:, k + j], means[:, j])
+            finite = np.clip(ratios, -_HUGE, _HUGE)
+            rl, rh = _interval(finite, confidence)
+            rel_low = rl if abs(rl) < _HUGE / 10 else math.copysign(math.inf, rl)
+            rel_high = rh if abs(rh) < _HUGE / 10 else math.copysign(math.inf, rh)
+        out.append(PairedDiff(
+            n=n, base_mean=float(base_means[j]), other_mean=float(other_means[j]), diff=diff,
+            diff_low=low, diff_high=high, rel=rel, rel_low=rel_low, rel_high=rel_high,
+            excludes_zero=bool(low > 0 or high < 0), confidence=confidence))
+    return out
