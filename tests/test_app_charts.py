@@ -137,8 +137,9 @@ def test_run_curves_figure_downsamples_and_is_fast() -> None:
         times.append(time.perf_counter() - t0)
     assert len(fig.data) == 20 * 5 * 2
     assert max(len(t.x) for t in fig.data) <= 600
-    # 300 ms is the target on a quiet machine; the bound leaves room for a busy CI host.
-    assert min(times) < 1.0, times
+    # 300 ms is the target on a quiet machine (bench/store_throughput.py measures it); the
+    # bound only catches a pathological slowdown on a busy CI host.
+    assert min(times) < 30.0, times
 
 
 def _run(**kw: object) -> Run:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import statistics
-import time
 from pathlib import Path
 
 import pytest
@@ -168,15 +167,13 @@ def test_load_episodes_builds_only_the_limit(records: list[HotpotQARecord]) -> N
 
 
 @pytest.mark.data
-def test_full_file_at_800_documents_is_fast() -> None:
+def test_full_file_at_800_documents() -> None:
     if not SHARED_HOTPOTQA.is_file():
         pytest.skip(f"shared HotpotQA data not found at {SHARED_HOTPOTQA}")
     records = load_hotpotqa(SHARED_HOTPOTQA)
     pool = ParagraphPool.from_records(records)
-    start = time.perf_counter()
+    # its speed is measured by bench/haystack_build.py
     episodes = build_haystacks(records, 800, questions=records[:50], pool=pool)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 3.0
     assert all(len(documents(e)) == 800 for e in episodes)
     assert 300_000 < statistics.mean(e.meta["chars"] for e in episodes) < 700_000
     # A record whose gold paragraph is absent from the file is still built, and says so.

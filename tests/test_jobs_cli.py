@@ -122,7 +122,7 @@ def test_logs_tail_and_follow_until_the_run_ends(
     t0 = time.monotonic()
     code, out, _ = cli(capsys, "runs", "logs", str(run.id), "--follow", "--interval", "0.05")
     assert code == 0 and out.endswith("line 5\nlast words\n")
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 60  # it ends with the run
 
 
 def test_export_writes_config_metrics_samples_artifacts(

@@ -125,12 +125,9 @@ def test_batch_is_concurrent_and_in_order(backend: OpenAIBackend, server: Server
     n = 8
     prompts = [[{"role": "user", "content": f"wait {0.05 * (n - i):.2f}"}] for i in range(n)]
     server.max_in_flight = 0
-    start = time.perf_counter()
     gens = backend.generate(prompts, SamplingParams(max_new_tokens=50))
-    elapsed = time.perf_counter() - start
     assert [g.text for g in gens] == [f"echo: wait {0.05 * (n - i):.2f}" for i in range(n)]
-    assert 1 < server.max_in_flight <= 4
-    assert elapsed < sum(0.05 * (n - i) for i in range(n))  # 1.8 s if sent one by one
+    assert 1 < server.max_in_flight <= 4  # requests overlap (no wall-clock bound: busy hosts)
     assert all(g.finish_reason == "stop" for g in gens)
     assert [g.prompt_tokens for g in gens] == [2] * n
     assert [g.completion_tokens for g in gens] == [3] * n
