@@ -769,7 +769,7 @@ def build_comparison(runs: Sequence[RunResults], base: int | None = 0,
     diff = config_diff({r.label: r.config for r in runs}, differences_only)
     timings["config_diff"] = time.perf_counter() - t0
     return {
-        "runs": [{"label": r.label, "run_id": r.run_id, "path": r.path, "n": len(r.keys),
+        "runs": [{"label": r.label, "run_id": r.run_id, "n": len(r.keys),
                   "metrics": r.metrics} for r in runs],
         "base": runs[base].label if base is not None else None,
         "confidence": confidence, "n_resamples": n_resamples, "seed": seed,
@@ -847,7 +847,98 @@ def report_html(comparison: Mapping[str, Any], figures: Mapping[str, Figure] | N
     first = True
     for name, fig in (figures or {}).items():
         parts.append(f"<h2>{e(name)}</h2>")
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=first))
+        # figures built unvalidated (the Runs curves) keep their template as a name:
+        # rebuilding one validated expands it, as to_html needs
+        checked = Figure(fig.to_dict())
+        parts.append(checked.to_html(full_html=False, include_plotlyjs=first))
         first = False
     parts.append("</body></html>")
     return "".join(parts)
+
+
+# ------------------------------------------------------------------- stored runs
+class RunSource(Protocol):
+    """The part of ``jobs.store.RunStore`` the comparison reads."""
+
+    def get_run(self, run_id: int) -> Any: ...
+
+    def metric_names(self, run_id: int) -> list[str]: ...
+
+    def metrics(self, run_ids: int | Sequence[int], names: Sequence[str] | None = None
+                ) -> dict[int, dict[str, tuple[list[int], list[float]]]]: ...
+
+
+def load_stored_runs(store: RunSource, run_ids: Sequence[int]) -> list[RunResults]:
+    """The results of stored runs, in the order given (repeats dropped). Raises
+    :class:`CompareError` naming a run that does not exist."""
+    out: list[RunResults] = []
+    seen: set[int] = set()
+    for raw in run_ids:
+        i = int(raw)
+        if i in seen:
+            continue
+        seen.add(i)
+        try:
+            run = store.get_run(i)
+        except MemFactoryError:
+            raise CompareError(f"no run with id {i}") from None
+        out.append(run_results(run))
+    return out
+
+
+def compare_stored_runs(store: RunSource, run_ids: Sequence[int], base_id: int | None = None,
+                        metrics: Sequence[str] | None = None, differences_only: bool = True,
+                        ) -> tuple[list[RunResults], dict[str, Any]]:
+    """Load stored runs and compare them against ``base_id`` (default: the first run; it must
+    be one of ``run_ids``). Returns the loaded runs and :func:`build_comparison`'s result,
+    whose ``timings`` include ``load``."""
+    t0 = time.perf_counter()
+    runs = load_stored_runs(store, run_ids)
+    load_s = time.perf_counter() - t0
+    if not runs:
+        raise CompareError("pick at least one run to compare")
+    ids = [r.run_id for r in runs]
+    if base_id is None:
+        base = 0
+    elif int(base_id) in ids:
+        base = ids.index(int(base_id))
+    else:
+        raise CompareError(f"the base run #{base_id} is not among the compared runs "
+                           f"({', '.join(f'#{i}' for i in ids)})")
+    comparison = build_comparison(runs, base, metrics, differences_only)
+    comparison["timings"] = {"load": load_s, **comparison["timings"]}
+    comparison["base_id"] = ids[base]
+    return runs, comparison
+
+
+def stored_curves(store: RunSource, runs: Sequence[RunResults], smoothing: float = 0.6
+                  ) -> Figure:
+    """The Runs page's training curves of the compared runs, overlaid (one colour per run)."""
+    from app.charts import default_panels, run_curves_figure
+
+    ids = [r.run_id for r in runs if r.run_id is not None]
+    if not ids:
+        return empty_figure("No stored run selected")
+    present = {n for i in ids for n in store.metric_names(i)}
+    names = default_panels(present)
+    if not names:
+        return empty_figure("No training curves: the compared runs are evaluations")
+    labels = {r.run_id: r.label for r in runs if r.run_id is not None}
+    return run_curves_figure(store.metrics(ids, names), labels,
+                             smoothing=min(max(float(smoothing), 0.0), 0.99),
+                             uirevision="compare-" + "-".join(map(str, ids)))
+
+
+def comparison_figures(runs: Sequence[RunResults], metric: str | None = None,
+                       store: RunSource | None = None, smoothing: float = 0.6
+                       ) -> dict[str, Figure]:
+    """The figures of a comparison by title (the HTML report's and the tab's)."""
+    metric = metric or next((m for r in runs for m in r.metrics), None)
+    figures = {"Parallel coordinates": parallel_figure(runs, metric)}
+    if metric is not None and any(len({d for d in r.docs if d is not None}) > 1 for r in runs):
+        figures["By context length"] = context_length_figure(runs, metric)
+    if store is not None:
+        curves = stored_curves(store, runs, smoothing)
+        if curves.data:
+            figures["Training curves"] = curves
+    return figures
