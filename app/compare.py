@@ -30,7 +30,12 @@ from plotly.graph_objects import Figure
 
 from app.charts import empty_figure, run_color
 from memfactory_core.errors import MemFactoryError
-from memfactory_core.metrics.paired import PairedDiff, mean_ci, paired_bootstrap_many
+from memfactory_core.metrics.paired import (
+    PairedDiff,
+    mean_ci,
+    mean_ci_many,
+    paired_bootstrap_many,
+)
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
@@ -473,6 +478,43 @@ def _paired_diffs(base: RunResults, other: RunResults, bi: np.ndarray, oi: np.nd
     return out
 
 
+def _record_stats(run: RunResults, mask: np.ndarray, metrics: Sequence[str],
+                  confidence: float, n_resamples: int, seed: int
+                  ) -> dict[str, tuple[int, tuple[float, float, float]]]:
+    """``{metric: (n, (mean, low, high))}`` over the masked records; metrics scored on every
+    one of them share one resample draw."""
+    if not metrics:
+        return {}
+    sub = run.scores[mask][:, [run.metrics.index(m) for m in metrics]]
+    finite = np.isfinite(sub)
+    full = finite.all(axis=0)
+    out: dict[str, tuple[int, tuple[float, float, float]]] = {}
+    if sub.shape[0] and full.any():
+        cols = np.flatnonzero(full)
+        for j, ci in zip(cols, mean_ci_many(sub[:, cols], confidence, n_resamples, seed),
+                         strict=True):
+            out[metrics[j]] = (int(sub.shape[0]), ci)
+    for j in np.flatnonzero(~full):
+        col = sub[finite[:, j], j]
+        if col.size:
+            out[metrics[j]] = (int(col.size), mean_ci(col, confidence, n_resamples, seed))
+    return out
+
+
+def _summary_stats(run: RunResults, metric: str, field_name: str, value: Any
+                   ) -> tuple[int, tuple[float, float, float]] | None:
+    """A metric's interval from the summary (all questions, or one context length)."""
+    part: Any = run.summary
+    if field_name == "docs":
+        part = (run.summary.get("by_docs") or {}).get(str(value))
+    elif field_name:
+        return None
+    if not isinstance(part, Mapping):
+        return None
+    ci = _summary_ci(part, metric)
+    return None if ci is None else (int(part.get("n") or 0), ci)
+
+
 def evaluation_table(runs: Sequence[RunResults], base: int | None = 0,
                      metrics: Sequence[str] | None = None, confidence: float = CONFIDENCE,
                      n_resamples: int = N_RESAMPLES, seed: int = SEED) -> list[dict[str, Any]]:
@@ -484,44 +526,31 @@ def evaluation_table(runs: Sequence[RunResults], base: int | None = 0,
         raise CompareError(f"the base run must be one of the {len(runs)} compared runs")
     names = list(metrics) if metrics is not None else list(dict.fromkeys(
         m for r in runs for m in r.metrics))
-    base_run = runs[base] if base is not None else None
+    paired_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if base is not None and runs[base].has_records:
+        paired_rows = {i: pair_indices(runs[base], r) for i, r in enumerate(runs)
+                       if i != base and r.has_records}
     rows: list[dict[str, Any]] = []
     for group, field_name, value in _groups(runs):
         masks = {i: _mask(r, field_name, value) for i, r in enumerate(runs) if r.has_records}
         pairs: dict[int, dict[str, PairedDiff]] = {}
-        if base is not None and base_run is not None and base_run.has_records:
-            for i, r in enumerate(runs):
-                if i == base or not r.has_records:
-                    continue
-                bi, oi = pair_indices(base_run, r)
-                keep = masks[base][bi] & masks[i][oi]
-                pairs[i] = _paired_diffs(base_run, r, bi[keep], oi[keep], names,
-                                         confidence, n_resamples, seed)
+        for i, (bi, oi) in paired_rows.items():
+            assert base is not None
+            keep = masks[base][bi] & masks[i][oi]
+            pairs[i] = _paired_diffs(runs[base], runs[i], bi[keep], oi[keep], names,
+                                     confidence, n_resamples, seed)
         for i, r in enumerate(runs):
-            for metric in names:
-                if metric not in r.metrics:
+            present = [m for m in names if m in r.metrics]
+            if r.has_records:
+                stats = _record_stats(r, masks[i], present, confidence, n_resamples, seed)
+            else:
+                stats = {m: _summary_stats(r, m, field_name, value) for m in present}
+            for metric in present:
+                found = stats.get(metric)
+                if found is None:
                     continue
-                stats: tuple[float, float, float] | None = None
-                n = 0
-                if r.has_records:
-                    col = r.scores[masks[i], r.metrics.index(metric)]
-                    col = col[np.isfinite(col)]
-                    n = int(col.size)
-                    if n == 0:
-                        continue
-                    stats = mean_ci(col, confidence, n_resamples, seed)
-                elif not field_name:
-                    stats = _summary_ci(r.summary, metric)
-                    n = int(r.summary.get("n") or 0)
-                else:
-                    part = (r.summary.get("by_docs") or {}).get(str(value)) \
-                        if field_name == "docs" else None
-                    stats = _summary_ci(part, metric) if isinstance(part, Mapping) else None
-                    n = int(part.get("n") or 0) if isinstance(part, Mapping) else 0
-                if stats is None:
-                    continue
-                diff = pairs.get(i, {}).get(metric)
-                rows.append(_row(group, r, metric, n, stats, diff))
+                n, ci = found
+                rows.append(_row(group, r, metric, n, ci, pairs.get(i, {}).get(metric)))
     return rows
 
 

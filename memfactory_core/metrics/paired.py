@@ -25,7 +25,8 @@ import numpy as np
 
 from memfactory_core.metrics.stats import _BLOCK_ELEMENTS
 
-_CACHE_ENTRIES = 16
+_CACHE_BYTES = 128 * 2**20
+"""Resample counts kept for reuse (float64: 16 MB for 1,000 questions x 2,000 resamples)."""
 _counts_cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
 _cache_lock = Lock()
 # Stands for an infinite relative change so that np.quantile can interpolate next to it.
@@ -58,8 +59,9 @@ class PairedDiff:
 
 
 def resample_counts(n: int, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
-    """``(n_resamples, n)`` int32 matrix: how often each of ``n`` items is drawn in each
-    resample. Drawn as ``bootstrap_ci`` draws its indices; the last few are cached."""
+    """``(n_resamples, n)`` float64 matrix: how often each of ``n`` items is drawn in each
+    resample. Drawn as ``bootstrap_ci`` draws its indices; recent ones are cached (up to
+    128 MB), read-only."""
     if n < 1:
         raise ValueError(f"resample_counts needs at least one item, got {n}")
     if n_resamples < 1:
@@ -71,7 +73,7 @@ def resample_counts(n: int, n_resamples: int = 2000, seed: int = 0) -> np.ndarra
             _counts_cache.move_to_end(key)
             return found
     rng = np.random.default_rng(seed)
-    counts = np.empty((n_resamples, n), dtype=np.int32)
+    counts = np.empty((n_resamples, n), dtype=np.float64)
     block = max(1, _BLOCK_ELEMENTS // n)
     for start in range(0, n_resamples, block):
         stop = min(n_resamples, start + block)
@@ -81,8 +83,10 @@ def resample_counts(n: int, n_resamples: int = 2000, seed: int = 0) -> np.ndarra
     counts.setflags(write=False)
     with _cache_lock:
         _counts_cache[key] = counts
-        while len(_counts_cache) > _CACHE_ENTRIES:
-            _counts_cache.popitem(last=False)
+        total = sum(c.nbytes for c in _counts_cache.values())
+        while total > _CACHE_BYTES and len(_counts_cache) > 1:
+            _, dropped = _counts_cache.popitem(last=False)
+            total -= dropped.nbytes
     return counts
 
 
@@ -99,10 +103,11 @@ def resampled_means(columns: np.ndarray, n_resamples: int = 2000, seed: int = 0)
     return (counts @ data) / n
 
 
-def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+def _interval(values: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of each column of ``values`` (or of a 1-D array)."""
     alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(values, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+    low, high = np.quantile(values, [alpha, 1.0 - alpha], axis=0)
+    return low, high
 
 
 def _check(confidence: float) -> None:
@@ -114,15 +119,25 @@ def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95,
             n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """``(mean, low, high)``: the same numbers as ``stats.bootstrap_ci`` (to rounding),
     from cached resample counts."""
+    data = np.asarray(values, dtype=np.float64).reshape(-1, 1)
+    return mean_ci_many(data, confidence, n_resamples, seed)[0]
+
+
+def mean_ci_many(columns: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000,
+                 seed: int = 0) -> list[tuple[float, float, float]]:
+    """:func:`mean_ci` of each column of an ``(n, k)`` array, one resample draw for all."""
     _check(confidence)
-    data = np.asarray(values, dtype=np.float64).reshape(-1)
-    if data.size == 0:
-        return (math.nan, math.nan, math.nan)
-    mean = float(data.mean())
-    if data.size == 1 or np.all(data == data[0]):
-        return (mean, mean, mean)
-    low, high = _interval(resampled_means(data, n_resamples, seed)[:, 0], confidence)
-    return (mean, low, high)
+    data = np.asarray(columns, dtype=np.float64)
+    n, k = data.shape
+    if n == 0:
+        return [(math.nan, math.nan, math.nan)] * k
+    means = data.mean(axis=0)
+    constant = np.all(data == data[0], axis=0)
+    if n == 1 or constant.all():
+        return [(float(m), float(m), float(m)) for m in means]
+    low, high = _interval(resampled_means(data, n_resamples, seed), confidence)
+    return [(float(m), float(m), float(m)) if c else (float(m), float(lo), float(hi))
+            for m, c, lo, hi in zip(means, constant, low, high, strict=True)]
 
 
 def relative_change(diff: np.ndarray | float, base: np.ndarray | float) -> np.ndarray:
@@ -169,26 +184,29 @@ def paired_bootstrap_many(base: np.ndarray, other: np.ndarray, confidence: float
     base_means = a.mean(axis=0)
     other_means = b.mean(axis=0)
     means = resampled_means(np.concatenate([a, b - a], axis=1), n_resamples, seed)
+    diff_low, diff_high = _interval(means[:, k:], confidence)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.clip(relative_change(means[:, k:], means[:, :k]), -_HUGE, _HUGE)
+    rel_lows, rel_highs = _interval(ratios, confidence)
     out = []
     for j in range(k):
         diff = float(other_means[j] - base_means[j])
         deltas = b[:, j] - a[:, j]
         if n == 1 or np.all(deltas == deltas[0]):
+            # every resample has the same difference (the relative one may still vary)
             low = high = diff
-            # with identical deltas every resample has the same difference; the relative
-            # change still varies with the base's resampled mean
         else:
-            low, high = _interval(means[:, k + j], confidence)
+            low, high = float(diff_low[j]), float(diff_high[j])
         rel = rel_low = rel_high = None
         if base_means[j] != 0:
             rel = diff / abs(float(base_means[j]))
-            ratios = relative_change(means[:, k + j], means[:, j])
-            finite = np.clip(ratios, -_HUGE, _HUGE)
-            rl, rh = _interval(finite, confidence)
-            rel_low = rl if abs(rl) < _HUGE / 10 else math.copysign(math.inf, rl)
-            rel_high = rh if abs(rh) < _HUGE / 10 else math.copysign(math.inf, rh)
+            rel_low, rel_high = _unclip(float(rel_lows[j])), _unclip(float(rel_highs[j]))
         out.append(PairedDiff(
             n=n, base_mean=float(base_means[j]), other_mean=float(other_means[j]), diff=diff,
             diff_low=low, diff_high=high, rel=rel, rel_low=rel_low, rel_high=rel_high,
             excludes_zero=bool(low > 0 or high < 0), confidence=confidence))
     return out
+
+
+def _unclip(x: float) -> float:
+    return x if abs(x) < _HUGE / 10 else math.copysign(math.inf, x)
