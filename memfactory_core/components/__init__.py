@@ -1,9 +1,14 @@
 """Built-in components; importing this package registers them."""
 
+from memfactory_core.components.answer_agent import AnswerAgent
 from memfactory_core.components.answerer import BoxedAnswerer
+from memfactory_core.components.bank_writer import AddAllWriter
 from memfactory_core.components.base import (
+    EPISODE_PORTS,
+    PORTS,
     Component,
     ComponentContext,
+    LLMComponent,
     Port,
     RolloutState,
     Segmenter,
@@ -12,24 +17,42 @@ from memfactory_core.components.base import (
     describe,
     get_component,
     register,
+    register_port,
     registry,
 )
 from memfactory_core.components.chunker import TokenChunker
+from memfactory_core.components.conversation import SessionSegmenter, TurnSegmenter
+from memfactory_core.components.facts import FactExtractor, GivenFacts
+from memfactory_core.components.memory_manager import MemoryManager, parse_ops
 from memfactory_core.components.memory_writer import MemoryWriter
+from memfactory_core.components.retriever import Retriever
 
 __all__ = [
+    "EPISODE_PORTS",
+    "PORTS",
+    "AddAllWriter",
+    "AnswerAgent",
     "BoxedAnswerer",
     "Component",
     "ComponentContext",
+    "FactExtractor",
+    "GivenFacts",
+    "LLMComponent",
+    "MemoryManager",
     "MemoryWriter",
     "Port",
+    "Retriever",
     "RolloutState",
     "Segmenter",
+    "SessionSegmenter",
     "Stage",
     "StepResult",
     "TokenChunker",
+    "TurnSegmenter",
     "describe",
     "get_component",
+    "parse_ops",
     "register",
+    "register_port",
     "registry",
 ]

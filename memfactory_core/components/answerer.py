@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from memfactory_core.components.base import (
-    Component,
+    LLMComponent,
     Port,
     RolloutState,
     Stage,
@@ -16,6 +15,7 @@ from memfactory_core.components.base import (
     register,
 )
 from memfactory_core.components.templates import check_template, fill
+from memfactory_core.llm.base import Generation, Prompt
 from memfactory_core.memory.base import MemoryKind
 from memfactory_core.metrics.qa import extract_boxed, strip_think
 
@@ -61,7 +61,7 @@ class BoxedAnswererParams(BaseModel):
 
 
 @register
-class BoxedAnswerer(Component):
+class BoxedAnswerer(LLMComponent):
     name = "boxed_answerer"
     stage = Stage.ANSWER
     description = "Answer from the memory, with the final answer in \\boxed{}."
@@ -71,44 +71,25 @@ class BoxedAnswerer(Component):
     memory = MemoryKind.TEXT
     default_role = "policy"
 
-    def run(self, batch: list[RolloutState]) -> list[StepResult]:
+    def prompt(self, state: RolloutState) -> Prompt:
         p: BoxedAnswererParams = self.params  # type: ignore[assignment]
-        prompts = [
-            [
-                {
-                    "role": "user",
-                    "content": fill(
-                        p.template, question=s.values[Port.QUESTION], memory=s.memory.snapshot()
-                    ),
-                }
-            ]
-            for s in batch
-        ]
+        content = fill(p.template, question=state.values[Port.QUESTION],
+                       memory=state.memory.snapshot())
+        prompt: Prompt = [{"role": "user", "content": content}]
         if p.answer_prefix:
-            for prompt in prompts:
-                prompt.append({"role": "assistant", "content": p.answer_prefix})
-        gens = self.llm.generate(
-            prompts, replace(self.context.sampling, max_new_tokens=p.max_new_tokens)
-        )
-        results = []
-        for state, prompt, gen in zip(batch, prompts, gens, strict=True):
-            reply = strip_think(p.answer_prefix + gen.text).strip()
-            boxed = extract_boxed(reply)
-            if boxed is not None:
-                prediction = boxed.strip()
-            else:
-                prediction = reply if p.fallback == "text" else ""
-            state.values[Port.ANSWER] = prediction
-            state.turns.append({"component": self.name, "role": self.role, "prompt": prompt,
-                                "generation": gen})
-            results.append(
-                StepResult(
-                    prompt=prompt,
-                    output=p.answer_prefix + gen.text,
-                    prompt_tokens=gen.prompt_tokens,
-                    completion_tokens=gen.completion_tokens,
-                    extra={"prediction": prediction, "boxed": boxed is not None,
-                           "finish_reason": gen.finish_reason},
-                )
-            )
-        return results
+            prompt.append({"role": "assistant", "content": p.answer_prefix})
+        return prompt
+
+    def read(self, state: RolloutState, prompt: Prompt, gen: Generation) -> StepResult:
+        p: BoxedAnswererParams = self.params  # type: ignore[assignment]
+        reply = strip_think(p.answer_prefix + gen.text).strip()
+        boxed = extract_boxed(reply)
+        if boxed is not None:
+            prediction = boxed.strip()
+        elif p.fallback == "text":
+            prediction = reply
+        else:
+            prediction = ""
+        state.values[Port.ANSWER] = prediction
+        return StepResult(output=p.answer_prefix + gen.text,
+                          extra={"prediction": prediction, "boxed": boxed is not None})

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from memfactory_core.components.base import (
-    Component,
+    LLMComponent,
     Port,
     RolloutState,
     Stage,
@@ -15,6 +13,7 @@ from memfactory_core.components.base import (
     register,
 )
 from memfactory_core.components.templates import check_template, fill
+from memfactory_core.llm.base import Generation, Prompt
 from memfactory_core.memory.base import MemoryKind
 from memfactory_core.memory.text import TextMemory
 from memfactory_core.metrics.qa import strip_think
@@ -59,7 +58,7 @@ class MemoryWriterParams(BaseModel):
 
 
 @register
-class MemoryWriter(Component):
+class MemoryWriter(LLMComponent):
     name = "memory_writer"
     stage = Stage.WRITE
     description = "Rewrite the text memory after reading a chunk, keeping what helps answer."
@@ -68,39 +67,20 @@ class MemoryWriter(Component):
     memory = MemoryKind.TEXT
     default_role = "policy"
 
-    def run(self, batch: list[RolloutState]) -> list[StepResult]:
+    def prompt(self, state: RolloutState) -> Prompt:
         p: MemoryWriterParams = self.params  # type: ignore[assignment]
-        prompts = [
-            [
-                {
-                    "role": "user",
-                    "content": fill(
-                        p.template,
-                        question=s.values[Port.QUESTION],
-                        memory=s.memory.snapshot(),
-                        chunk=s.values[Port.CHUNK],
-                    ),
-                }
-            ]
-            for s in batch
-        ]
-        mems = [s.memory for s in batch]
-        assert all(isinstance(m, TextMemory) for m in mems)
-        limit = p.max_new_tokens or mems[0].max_tokens  # type: ignore[attr-defined]
-        gens = self.llm.generate(prompts, replace(self.context.sampling, max_new_tokens=limit))
-        results = []
-        for state, prompt, gen in zip(batch, prompts, gens, strict=True):
-            memory: TextMemory = state.memory  # type: ignore[assignment]
-            memory.write(strip_think(gen.text).strip())
-            state.turns.append({"component": self.name, "role": self.role, "prompt": prompt,
-                                "generation": gen})
-            results.append(
-                StepResult(
-                    prompt=prompt,
-                    output=gen.text,
-                    prompt_tokens=gen.prompt_tokens,
-                    completion_tokens=gen.completion_tokens,
-                    extra={"finish_reason": gen.finish_reason},
-                )
-            )
-        return results
+        content = fill(p.template, question=state.values[Port.QUESTION],
+                       memory=state.memory.snapshot(), chunk=state.values[Port.CHUNK])
+        return [{"role": "user", "content": content}]
+
+    def max_new_tokens(self, batch: list[RolloutState]) -> int:
+        p: MemoryWriterParams = self.params  # type: ignore[assignment]
+        memory = batch[0].memory
+        assert isinstance(memory, TextMemory)
+        return p.max_new_tokens or memory.max_tokens
+
+    def read(self, state: RolloutState, prompt: Prompt, gen: Generation) -> StepResult:
+        memory = state.memory
+        assert isinstance(memory, TextMemory)
+        memory.write(strip_think(gen.text).strip())
+        return StepResult(output=gen.text)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from memfactory_core.data.conversations import load_locomo, load_longmemeval
 from memfactory_core.data.episode import Episode
 from memfactory_core.data.haystack import (
     ParagraphPool,
@@ -15,7 +17,10 @@ from memfactory_core.data.memagent_files import load_memagent_json, load_memagen
 from memfactory_core.errors import DataError, MemFactoryError
 from memfactory_core.llm.base import TextTokenizer
 
-FORMATS: tuple[str, ...] = ("hotpotqa", "memagent_json", "memagent_parquet")
+FORMATS: tuple[str, ...] = (
+    "hotpotqa", "memagent_json", "memagent_parquet", "locomo", "longmemeval",
+)
+CONVERSATION_FORMATS = ("locomo", "longmemeval")
 """Known data formats (``auto`` detects one of them)."""
 
 _PARQUET_SUFFIXES = {".parquet", ".pq"}
@@ -33,12 +38,18 @@ def detect_format(path: str | Path) -> str:
             "input" in record or "answers" in record
         ):
             return "memagent_json"
+        if "conversation" in record and "qa" in record:
+            return "locomo"
+        if "haystack_sessions" in record:
+            return "longmemeval"
         keys = ", ".join(sorted(record)) or "none"
         raise DataError(
             str(path),
             f"cannot tell the data format from the first record (keys: {keys}); expected "
             "HotpotQA (_id, question, answer, context, supporting_facts) or a MemAgent eval "
-            "file (context, input, answers). Pass format= one of: " + ", ".join(FORMATS),
+            "file (context, input, answers), LoCoMo (sample_id, conversation, qa) or "
+            "LongMemEval (question_id, haystack_sessions, ...). Pass format= one of: "
+            + ", ".join(FORMATS),
             line=line,
         )
     raise DataError(str(path), "the file holds no records")
@@ -69,6 +80,10 @@ def load_episodes(
     seed: int = 0,
     tokenizer: TextTokenizer | None = None,
     exclude_ids: set[str] | frozenset[str] = frozenset(),
+    conversations: Sequence[str] | None = None,
+    split: str | None = None,
+    sessions: int | None = None,
+    categories: Iterable[int] | None = None,
 ) -> list[Episode]:
     """Load a QA data file as Episodes.
 
@@ -79,6 +94,10 @@ def load_episodes(
     ``limit`` questions and builds only those. ``tokenizer`` fills ``meta["tokens"]``.
     ``exclude_ids`` leaves out the questions with those ids (before ``limit``), e.g. the
     questions a policy was trained on.
+
+    Conversation formats (``locomo``, ``longmemeval``) take ``conversations`` (LoCoMo sample
+    ids), ``split`` (Memory-R1's LoCoMo split), ``sessions`` (read the first N sessions) and
+    ``categories`` (LoCoMo categories, default 1-4); ``limit`` counts questions.
     """
     if format not in ("auto", *FORMATS):
         raise MemFactoryError(
@@ -89,6 +108,26 @@ def load_episodes(
     if n_docs is not None and n_docs < 1:
         raise MemFactoryError(f"n_docs must be at least 1, got {n_docs}")
     fmt = detect_format(path) if format == "auto" else format
+    conversation_options = {"conversations": conversations, "split": split,
+                            "sessions": sessions, "categories": categories}
+    if fmt not in CONVERSATION_FORMATS:
+        given = sorted(k for k, v in conversation_options.items() if v is not None)
+        if given:
+            raise MemFactoryError(f"{path}: {', '.join(given)} apply to conversation data "
+                                  f"(locomo, longmemeval), not to {fmt} files")
+    else:
+        if n_docs is not None:
+            raise MemFactoryError(f"{path}: n_docs applies to HotpotQA files, not to {fmt}")
+        if fmt == "locomo":
+            episodes = load_locomo(path, conversations=conversations, split=split,
+                                   sessions=sessions,
+                                   categories=(1, 2, 3, 4) if categories is None else categories)
+        else:
+            if conversations is not None or split is not None or categories is not None:
+                raise MemFactoryError(f"{path}: conversations, split and categories apply to "
+                                      "LoCoMo files only")
+            episodes = load_longmemeval(path, sessions=sessions)
+        return _limit_questions(episodes, limit, exclude_ids)
     if fmt == "hotpotqa":
         if n_docs is None and not exclude_ids:
             return build_distractor_episodes(load_hotpotqa(path, limit=limit), tokenizer)
@@ -110,3 +149,20 @@ def load_episodes(
         episodes = loader(path, limit=limit, tokenizer=tokenizer)
     _check_n_docs(episodes, n_docs, fmt, str(path))
     return episodes
+
+
+def _limit_questions(episodes: list[Episode], limit: int | None,
+                     exclude_ids: set[str] | frozenset[str]) -> list[Episode]:
+    """Drop excluded questions, keep the first ``limit`` in all, drop episodes left empty."""
+    out = []
+    left = limit
+    for ep in episodes:
+        qas = [q for q in ep.questions if q.id not in exclude_ids]
+        if left is not None:
+            qas = qas[:left]
+            left -= len(qas)
+        if qas:
+            out.append(ep.model_copy(update={"questions": qas}))
+        if left == 0:
+            break
+    return out

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from memfactory_core.errors import MemFactoryError
 from memfactory_core.llm.base import TextTokenizer
-from memfactory_core.memory.base import Memory, MemoryKind
+from memfactory_core.memory.base import Memory, MemoryBuildContext, MemoryKind, register_memory
 
 
 class TextMemoryParams(BaseModel):
     """Parameters of a text memory."""
+
+    model_config = ConfigDict(extra="forbid")
 
     max_tokens: int = Field(1024, ge=1, description="Largest memory size, in policy tokens.")
     initial: str = Field("No previous memory.", description="Memory content before any write.")
@@ -19,6 +24,7 @@ class TextMemory(Memory):
     """A free-text memory bounded by a token budget."""
 
     kind = MemoryKind.TEXT
+    trace_full_state = True
 
     def __init__(self, params: TextMemoryParams, tokenizer: TextTokenizer) -> None:
         self.params = params
@@ -40,3 +46,27 @@ class TextMemory(Memory):
 
     def snapshot(self) -> str:
         return self.content
+
+    def clone(self) -> TextMemory:
+        copy = TextMemory(self.params, self._tokenizer)
+        copy.content = self.content
+        copy.truncated_writes = self.truncated_writes
+        return copy
+
+    def mark(self) -> str:
+        return self.content
+
+    def diff(self, since: Any) -> dict[str, str] | None:
+        if since == self.content:
+            return None
+        return {"before": since, "after": self.content}
+
+
+def _create(params: TextMemoryParams, ctx: MemoryBuildContext) -> TextMemory:
+    if ctx.tokenizer is None:
+        raise MemFactoryError("a text memory needs a tokenizer (its budget is in tokens)")
+    return TextMemory(params, ctx.tokenizer)
+
+
+register_memory(MemoryKind.TEXT, TextMemoryParams, _create,
+                "One bounded free-text note, rewritten as the agent reads (MemAgent).")

@@ -1,19 +1,25 @@
 """Runs a pipeline over many episodes at once, batched step by step.
 
-Unit ``i`` of every rollout that has one goes through each ingest slot together, so an LLM
-component makes one ``generate`` call per unit index, not one per rollout. The query lane
-then runs once per question, batched across rollouts as well.
+Unit ``i`` of every rollout that has one (a chunk of a document, a turn or a session of a
+conversation) goes through each ingest slot together, so an LLM component makes one
+``generate`` call per unit index, not one per rollout. The query lane then runs once per
+question, batched across rollouts as well.
+
+When ingestion does not read the question, one rollout serves every question of its episode:
+its ingest steps are recorded once (``RolloutResult.ingest``, shared by the questions' results)
+and each question's trace holds only its query steps. Steps that touch memory record what
+changed (``memory_diff``); small memories (text) also keep their whole state before and after.
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from memfactory_core.components.base import (
+    EPISODE_PORTS,
     Component,
     ComponentContext,
     Port,
@@ -23,9 +29,10 @@ from memfactory_core.components.base import (
 from memfactory_core.data.episode import QA, Episode
 from memfactory_core.errors import MemFactoryError
 from memfactory_core.llm.base import LLMBackend, SamplingParams, TextTokenizer
-from memfactory_core.memory import Memory, MemoryKind, TextMemory
+from memfactory_core.memory import Memory, MemoryBuildContext, create_memory
 from memfactory_core.pipeline.spec import ResolvedPipeline, ResolvedSlot
 from memfactory_core.pipeline.trace import Trace, TraceStep
+from memfactory_core.resources import Resources
 
 
 class Progress(Protocol):
@@ -45,8 +52,21 @@ class RolloutResult:
     sample: int
     answer: str | None
     trace: Trace
-    #: LLM turns of this rollout (prompt and generation with token ids), in order
+    #: LLM turns of this rollout (prompt and generation with token ids), in order; when the
+    #: ingest is shared by several questions, only this question's query turns
     turns: list[dict[str, Any]] = field(default_factory=list)
+    #: ingest steps shared with the episode's other questions (the same list object for all
+    #: of them); empty when the trace holds its own ingest steps (question-conditioned)
+    ingest: list[TraceStep] = field(default_factory=list)
+    #: LLM turns of the shared ingest (the same list object for every question)
+    ingest_turns: list[dict[str, Any]] = field(default_factory=list)
+    #: the rollout's memory after ingestion and this question's query lane
+    memory: Memory | None = None
+
+    @property
+    def steps(self) -> list[TraceStep]:
+        """Every step that led to this answer: the shared ingest, then the trace's own."""
+        return [*self.ingest, *self.trace.steps]
 
     @property
     def boxed(self) -> bool:
@@ -66,13 +86,6 @@ class _Rollout:
     steps: list[TraceStep] = field(default_factory=list)
 
 
-def _new_memory(pipeline: ResolvedPipeline, tokenizer: TextTokenizer) -> Memory:
-    kind = pipeline.spec.memory.type
-    if kind == MemoryKind.TEXT:
-        return TextMemory(pipeline.memory_params, tokenizer)  # type: ignore[arg-type]
-    raise MemFactoryError(f"no implementation for {kind} memory")
-
-
 class PipelineRuntime:
     """Executes a validated pipeline with LLM backends bound to its roles."""
 
@@ -82,8 +95,10 @@ class PipelineRuntime:
         llms: LLMBackend | dict[str, LLMBackend],
         sampling: SamplingParams | dict[str, SamplingParams] | None = None,
         tokenizer: TextTokenizer | None = None,
+        resources: Resources | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.resources = resources or Resources()
         roles = pipeline.roles
         if isinstance(llms, LLMBackend):
             llms = {role: llms for role in roles}
@@ -108,7 +123,8 @@ class PipelineRuntime:
 
         def build(slot: ResolvedSlot) -> Component:
             llm = llms.get(slot.role) if slot.role else None
-            ctx = ComponentContext(llm=llm, tokenizer=tokenizer, sampling=sampling_for(slot.role))
+            ctx = ComponentContext(llm=llm, tokenizer=tokenizer, sampling=sampling_for(slot.role),
+                                   resources=self.resources)
             return slot.cls(slot.params, ctx, slot.role)
 
         self._ingest = [(slot, build(slot)) for slot in pipeline.ingest]
@@ -117,6 +133,12 @@ class PipelineRuntime:
         assert isinstance(segmenter, Segmenter)
         self._segmenter = segmenter
         self._unit_port = segmenter.outputs[0] if segmenter.outputs else Port.CHUNK
+        self._memory_context = MemoryBuildContext(tokenizer, self.resources)
+
+    def new_memory(self) -> Memory:
+        """An empty memory of the pipeline's kind, with its parameters."""
+        return create_memory(self.pipeline.spec.memory.type, self.pipeline.memory_params,
+                             self._memory_context)
 
     def run(
         self,
@@ -128,8 +150,15 @@ class PipelineRuntime:
         rollouts = self._make_rollouts(episodes, samples)
         for r in rollouts:
             t0 = time.perf_counter()
+            for port in self._segmenter.inputs:
+                if port in EPISODE_PORTS and r.state.values.get(port) is None:
+                    raise MemFactoryError(
+                        f"episode {r.episode.id!r} has no {port}, but the pipeline's segmenter "
+                        f"{self._segmenter.name!r} reads one"
+                    )
             r.units, res = self._segmenter.segment(r.state)
-            r.state.values.pop(Port.DOCUMENT, None)
+            for port in EPISODE_PORTS:
+                r.state.values.pop(port, None)
             r.steps.append(
                 TraceStep(lane="ingest", slot=0, component=self._segmenter.name,
                           output=res.output, seconds=time.perf_counter() - t0, extra=res.extra)
@@ -157,24 +186,28 @@ class PipelineRuntime:
                     rid = f"{ep.id}/{qas[0].id}" if per_question else ep.id
                     rid = f"{rid}#{k}" if samples > 1 else rid
                     values: dict[str, Any] = {Port.DOCUMENT: ep.context}
+                    if ep.conversation is not None:
+                        values[Port.CONVERSATION] = ep.conversation
                     if per_question:
                         values[Port.QUESTION] = qas[0].question
-                    state = RolloutState(id=rid, values=values,
-                                         memory=_new_memory(self.pipeline, self.tokenizer))
+                    state = RolloutState(id=rid, values=values, memory=self.new_memory())
                     rollouts.append(_Rollout(rid, ep, qas, k, state))
         return rollouts
 
     def _answer(self, rollouts: list[_Rollout], progress: Progress | None) -> list[RolloutResult]:
+        shared = not self.pipeline.question_conditioned
         jobs: list[tuple[_Rollout, QA, RolloutState, list[TraceStep]]] = []
         for r in rollouts:
             for qa in r.questions:
-                if len(r.questions) == 1:
-                    state = r.state
+                if not shared:
+                    state, steps = r.state, r.steps
                 else:
-                    state = RolloutState(id=f"{r.id}/{qa.id}", values=dict(r.state.values),
-                                         memory=r.state.memory, turns=list(r.state.turns))
+                    rid = r.id if len(r.questions) == 1 else f"{r.id}/{qa.id}"
+                    state = RolloutState(id=rid, values=dict(r.state.values),
+                                         memory=r.state.memory)
+                    steps = []
                 state.values[Port.QUESTION] = qa.question
-                jobs.append((r, qa, state, list(r.steps)))
+                jobs.append((r, qa, state, steps))
         for slot, comp in self._query:
             self._run_slot(slot, comp, [(s, steps) for _, _, s, steps in jobs], unit=None)
         if progress is not None:
@@ -184,8 +217,15 @@ class PipelineRuntime:
             answer = state.values.get(Port.ANSWER)
             trace = Trace(rollout_id=state.id, episode_id=r.episode.id, question_id=qa.id,
                           sample=r.sample, steps=steps, answer=answer,
-                          final_memory=state.memory.snapshot())
-            results.append(RolloutResult(r.episode, qa, r.sample, answer, trace, state.turns))
+                          ingest_id=r.id if shared else None,
+                          final_memory=state.memory.snapshot()
+                          if state.memory.trace_full_state else None)
+            results.append(RolloutResult(
+                r.episode, qa, r.sample, answer, trace, state.turns,
+                ingest=r.steps if shared else [],
+                ingest_turns=r.state.turns if shared else [],
+                memory=state.memory,
+            ))
         return results
 
     @staticmethod
@@ -199,11 +239,13 @@ class PipelineRuntime:
             return
         states = [s for s, _ in batch]
         touches_memory = comp.memory is not None
-        before = [copy.deepcopy(s.memory.snapshot()) for s in states] if touches_memory else None
+        marks = [s.memory.mark() for s in states] if touches_memory else None
         t0 = time.perf_counter()
         results = comp.run(states)
         seconds = time.perf_counter() - t0
         for i, ((state, steps), res) in enumerate(zip(batch, results, strict=True)):
+            diff = state.memory.diff(marks[i]) if marks is not None else None
+            full = touches_memory and state.memory.trace_full_state
             steps.append(
                 TraceStep(
                     lane=slot.lane,
@@ -213,8 +255,10 @@ class PipelineRuntime:
                     unit=unit,
                     prompt=res.prompt,
                     output=res.output,
-                    memory_before=before[i] if before is not None else None,
-                    memory_after=state.memory.snapshot() if touches_memory else None,
+                    memory_before=(diff["before"] if diff else state.memory.snapshot())
+                    if full else None,
+                    memory_after=state.memory.snapshot() if full else None,
+                    memory_diff=diff if not full else None,
                     prompt_tokens=res.prompt_tokens,
                     completion_tokens=res.completion_tokens,
                     seconds=seconds,

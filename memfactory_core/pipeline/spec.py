@@ -11,16 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from memfactory_core.components.base import Component, Port, Segmenter, get_component, registry
+from memfactory_core.components.base import (
+    EPISODE_PORTS,
+    Component,
+    Port,
+    Segmenter,
+    get_component,
+    registry,
+)
 from memfactory_core.errors import MemFactoryError, Problem, ValidationError
-from memfactory_core.memory import MemoryKind, TextMemoryParams
+from memfactory_core.memory import memory_types
 from memfactory_core.paths import PIPELINES_DIR
-
-#: parameter models of the memory types that have an implementation
-MEMORY_PARAMS: dict[MemoryKind, type[BaseModel]] = {MemoryKind.TEXT: TextMemoryParams}
 
 
 class SlotSpec(BaseModel):
@@ -36,8 +40,17 @@ class SlotSpec(BaseModel):
 class MemorySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: MemoryKind
+    type: str = Field(description="A registered memory kind: text, bank, ...")
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        kinds = memory_types()
+        if v not in kinds:
+            raise ValueError(f"no implementation for {v} memory yet; available: "
+                             f"{', '.join(kinds)}")
+        return v
 
 
 class PipelineSpec(BaseModel):
@@ -105,10 +118,10 @@ def _pydantic_problems(prefix: str, err: PydanticValidationError) -> list[Proble
 def _check_lane(
     lane: str,
     slots: list[SlotSpec],
-    memory_kind: MemoryKind,
-    available: set[Port],
+    memory_kind: str,
+    available: set[str],
     problems: list[Problem],
-) -> tuple[list[ResolvedSlot], set[Port]]:
+) -> tuple[list[ResolvedSlot], set[str]]:
     comps = registry()
     resolved: list[ResolvedSlot] = []
     if not slots:
@@ -133,7 +146,8 @@ def _check_lane(
         is_segmenter = issubclass(cls, Segmenter)
         if lane == "ingest" and i == 0 and not is_segmenter:
             problems.append(
-                Problem(where, "the ingest lane must start with a segmenter (e.g. token_chunker)")
+                Problem(where, "the ingest lane must start with a segmenter (e.g. token_chunker, "
+                        "turn_segmenter)")
             )
         if is_segmenter and (lane != "ingest" or i != 0):
             problems.append(Problem(where, "a segmenter can only be the first ingest slot"))
@@ -169,22 +183,24 @@ def validate_spec(data: PipelineSpec | dict[str, Any]) -> ResolvedPipeline:
         except PydanticValidationError as err:
             raise ValidationError("invalid pipeline", _pydantic_problems("", err)) from None
     memory_params: BaseModel | None = None
-    params_model = MEMORY_PARAMS.get(spec.memory.type)
-    if params_model is None:
+    kinds = memory_types()
+    memory_type = kinds.get(spec.memory.type)
+    if memory_type is None:
         problems.append(
             Problem("memory.type", f"no implementation for {spec.memory.type} memory yet; "
-                    f"available: {', '.join(MEMORY_PARAMS)}")
+                    f"available: {', '.join(kinds)}")
         )
     else:
         try:
-            memory_params = params_model.model_validate(spec.memory.params)
+            memory_params = memory_type.Params.model_validate(spec.memory.params)
         except PydanticValidationError as err:
             problems.extend(_pydantic_problems("memory.params", err))
     ingest, after_ingest = _check_lane(
-        "ingest", spec.ingest, spec.memory.type, {Port.DOCUMENT, Port.QUESTION}, problems
+        "ingest", spec.ingest, spec.memory.type, {*EPISODE_PORTS, Port.QUESTION}, problems
     )
     del after_ingest  # values of the ingest lane do not flow into the query lane; memory does
-    query, available = _check_lane("query", spec.query, spec.memory.type, {Port.QUESTION}, problems)
+    query, available = _check_lane("query", spec.query, spec.memory.type, {Port.QUESTION},
+                                   problems)
     if spec.query and Port.ANSWER not in available:
         problems.append(Problem("query", "no slot produces an 'answer'"))
     if problems:

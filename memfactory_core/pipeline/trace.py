@@ -21,8 +21,11 @@ class TraceStep(BaseModel):
     unit: int | None = None
     prompt: Any = None
     output: Any = None
+    #: whole memory before and after the step (small memories such as text)
     memory_before: Any = None
     memory_after: Any = None
+    #: what the step changed in a larger memory (a bank: added / updated / deleted entries)
+    memory_diff: Any = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -39,6 +42,9 @@ class Trace(BaseModel):
     sample: int = 0
     steps: list[TraceStep] = Field(default_factory=list)
     answer: str | None = None
+    #: set when the ingest steps are shared with other questions and recorded once, under
+    #: this id, rather than in ``steps``
+    ingest_id: str | None = None
     final_memory: Any = None
 
     def steps_of(self, component: str) -> list[TraceStep]:
@@ -63,5 +69,7 @@ class Trace(BaseModel):
                 lines.append("    output: " + cut(s.output).replace("\n", "\n            "))
             if s.memory_after is not None and s.memory_after != s.memory_before:
                 lines.append("    memory: " + cut(s.memory_after).replace("\n", "\n            "))
+            if s.memory_diff:
+                lines.append("    memory: " + cut(s.memory_diff))
         lines.append(f"answer: {self.answer!r}")
         return "\n".join(lines)
