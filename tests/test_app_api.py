@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from typer.testing import CliRunner
@@ -49,8 +50,12 @@ def client(store: RunStore) -> Iterator[Client]:
 
 def test_endpoints_are_named(client: Client) -> None:
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/list_runs", "/get_run", "/run_metrics", "/run_log",
-                              "/submit_run", "/cancel_run"}
+    assert {"/list_runs", "/get_run", "/run_metrics", "/run_log", "/submit_run",
+            "/cancel_run"} <= set(endpoints)
+    assert {"/pipeline_catalog", "/validate_pipeline", "/pipeline_add", "/pipeline_move",
+            "/pipeline_remove", "/pipeline_set_params", "/pipeline_yaml",
+            "/pipeline_from_yaml", "/save_pipeline", "/list_pipelines", "/load_pipeline",
+            "/try_pipeline", "/run_trace"} <= set(endpoints)
 
 
 def test_list_runs_and_metrics(client: Client, store: RunStore) -> None:
@@ -66,7 +71,7 @@ def test_list_runs_and_metrics(client: Client, store: RunStore) -> None:
     metrics = client.predict(first.id, api_name="/run_metrics")
     assert metrics == {"reward": {"steps": [1, 2, 3], "values": [0.1, 0.2, 0.3]}}
     detail = client.predict(first.id, api_name="/get_run")
-    assert detail["config"] == {"max_steps": 5} and detail["name"] == "a"
+    assert yaml.safe_load(detail["config_yaml"]) == {"max_steps": 5} and detail["name"] == "a"
     Path(first.log_path).parent.mkdir(parents=True, exist_ok=True)
     Path(first.log_path).write_text("".join(f"l{i}\n" for i in range(300)))
     assert client.predict(first.id, 2, api_name="/run_log") == "l298\nl299"
@@ -99,6 +104,30 @@ def test_submit_invalid_config_reports_every_location(client: Client,
     with pytest.raises(AppError, match="train or eval"):
         client.predict("deploy", text, None, api_name="/submit_run")
     assert store.list_runs() == []
+
+
+def test_get_run_of_a_config_with_a_data_path(client: Client, store: RunStore) -> None:
+    """A config holding ``data.path`` comes back as YAML text, not as a file to fetch."""
+    text = (CONFIGS_DIR / "eval_memagent_tiny.yaml").read_text()
+    record = client.predict("eval", text, "with a path", api_name="/submit_run")
+    store.update_run(record["id"], summary={"config": {"data": {"path": "/x.jsonl"}},
+                                            "em": 0.5})
+    detail = client.predict(record["id"], api_name="/get_run")
+    config = yaml.safe_load(detail["config_yaml"])
+    assert config["data"]["path"].endswith("assets/data/hotpotqa_sample.jsonl")
+    assert detail["summary"]["config"]["data"] == {"file": "/x.jsonl"}
+    listed = client.predict(api_name="/list_runs")
+    assert listed[0]["id"] == record["id"]
+
+
+@pytest.mark.parametrize("bad", [1.5, 2**63, 2**70, -1, 0, "abc", True])
+def test_run_ids_that_are_not_whole_numbers_are_refused(client: Client, store: RunStore,
+                                                        bad: object) -> None:
+    run = store.create_run("train", {})
+    for endpoint in ("/get_run", "/cancel_run", "/run_log", "/run_metrics", "/run_trace"):
+        with pytest.raises(AppError, match="run id must be"):
+            client.predict(bad, api_name=endpoint)
+    assert store.get_run(run.id).status == "queued"  # 1.5 did not cancel run 1
 
 
 def test_cancel(client: Client, store: RunStore) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,19 +28,24 @@ from app.charts import (
     run_duration,
     run_table_rows,
 )
+from app.services import (
+    LOG_LINES,
+    config_presets,
+    log_tail,
+    read_preset,
+    submit_config_text,
+)
 from jobs.models import ACTIVE_STATUSES, FINAL_STATUSES, Run
 from jobs.store import RunNotFound, RunStore
-from jobs.submit import parse_config_text, submit_run
 from memfactory_core.errors import MemFactoryError
-from memfactory_core.paths import CONFIGS_DIR
 
 if TYPE_CHECKING:
+    from app.context import AppContext
     from jobs.scheduler import Scheduler
 
 REFRESH_S = 2.0
 """Seconds between two polls of the store."""
 
-LOG_LINES = 200
 RUN_LIST_LIMIT = 200
 """The newest runs the table and the run pickers show."""
 
@@ -62,32 +66,6 @@ FOLLOW_LOG_JS = """() => setTimeout(() => {
 
 
 # ------------------------------------------------------------------------- helpers
-def log_tail(path: str | os.PathLike[str] | None, lines: int = LOG_LINES,
-             max_bytes: int = 1 << 20) -> str:
-    """The last ``lines`` lines of a text file (at most ``max_bytes`` read from its end);
-    empty when there is no such file yet."""
-    if not path or lines <= 0:
-        return ""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            end = f.tell()
-            start = end
-            chunk = 64 * 1024
-            data = b""
-            while start > 0 and data.count(b"\n") <= lines and end - start < max_bytes:
-                start = max(0, start - chunk, end - max_bytes)
-                f.seek(start)
-                data = f.read(end - start)
-    except OSError:
-        return ""
-    text = data.decode("utf-8", errors="replace")
-    kept = text.splitlines()
-    if start > 0 and kept:
-        kept = kept[1:]  # a partial first line
-    return "\n".join(kept[-lines:])
-
-
 def run_label(run: Run) -> str:
     """How a run appears in the pickers: ``#12 train_synthetic_tiny (running)``."""
     return f"#{run.id} {run.name or run.kind} ({run.status})"
@@ -170,54 +148,6 @@ def run_details_markdown(run: Run, last_metrics: Mapping[str, float] | None = No
     if run.output_dir:
         lines.append(f"output: `{run.output_dir}`")
     return "\n\n".join(lines)
-
-
-def config_presets(kind: str | None = None) -> list[str]:
-    """The config files shipped in ``assets/configs``; for a kind, those named
-    ``<kind>_*.yaml`` (all of them when none is)."""
-    names = sorted(p.name for p in CONFIGS_DIR.glob("*.yaml"))
-    if kind:
-        matching = [n for n in names if n.startswith(f"{kind}_")]
-        return matching or names
-    return names
-
-
-def read_preset(name: str | None) -> str:
-    """The text of a shipped config (empty for no name); only names in ``assets/configs``."""
-    if not name:
-        return ""
-    if name not in config_presets():
-        raise MemFactoryError(f"no config {name!r} in {CONFIGS_DIR}")
-    return (CONFIGS_DIR / name).read_text(encoding="utf-8")
-
-
-def submit_config_text(store: RunStore, kind: str, text: str,
-                       name: str | None = None) -> Run:
-    """Validate a YAML config typed in a form and queue it as a ``kind`` run. Raises
-    :class:`MemFactoryError` (a validation error lists every problem with its location)."""
-    if kind not in ("train", "eval"):
-        raise MemFactoryError(f"the kind must be train or eval, not {kind!r}")
-    config = parse_config_text(text, source=f"{kind} config")
-    if not config:
-        raise MemFactoryError(f"{kind} config: empty; choose a config or type one")
-    return submit_run(store, kind, config, name=(name or "").strip() or None)
-
-
-def run_record(run: Run, best_reward: float | None = None, now: float | None = None,
-               config: bool = False) -> dict[str, Any]:
-    """A run as JSON-ready data (the API's view of it)."""
-    out: dict[str, Any] = {
-        "id": run.id, "kind": run.kind, "status": run.status, "name": run.name,
-        "model": run.model, "pipeline": run.pipeline, "created_at": run.created_at,
-        "started_at": run.started_at, "finished_at": run.finished_at,
-        "duration_s": run_duration(run, now), "best_reward": best_reward,
-        "error": run.error, "cancel_requested_at": run.cancel_requested_at,
-        "output_dir": run.output_dir, "log_path": run.log_path, "tags": list(run.tags or []),
-        "notes": run.notes, "summary": dict(run.summary or {}),
-    }
-    if config:
-        out["config"] = run.config
-    return out
 
 
 def curves(store: RunStore, run_ids: Sequence[int], smoothing: float,
@@ -447,3 +377,16 @@ def create_runs_tab(demo: gr.Blocks, store: RunStore, scheduler: Scheduler | Non
             "cancel": cancel_btn, "plot": plot, "details": details, "log": log, "kind": kind,
             "preset": preset, "name": name, "config": config_box, "submit": submit_btn,
             "submit_message": submit_msg, "timer": timer, "state": seen}
+
+
+# ------------------------------------------------------------------ registration
+def register(ctx: AppContext) -> None:
+    """The Runs tab: its components, its poller (on only while the tab is visible) and the
+    run endpoints."""
+    from app.tabs.runs_api import register_api
+
+    assert ctx.demo is not None
+    parts = create_runs_tab(ctx.demo, ctx.store, ctx.scheduler, refresh_s=ctx.refresh_s)
+    ctx.shared["runs"] = parts
+    ctx.poller("runs", parts["timer"])
+    register_api(ctx)
