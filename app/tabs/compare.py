@@ -78,6 +78,13 @@ def summary_markdown(comparison: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def _optional(figure: Any) -> Any:
+    """A figure shown only when there is one (training curves, context-length sweep)."""
+    if figure is None:
+        return gr.update(visible=False)
+    return gr.update(value=figure, visible=True)
+
+
 # ------------------------------------------------------------------------ the tab
 def create_compare_tab(store: RunStore) -> dict[str, Any]:
     """Build the tab's components inside the current ``gr.Tab`` and wire them; returns them
@@ -113,9 +120,9 @@ def create_compare_tab(store: RunStore) -> dict[str, Any]:
                        elem_id="compare-parallel")
     with gr.Row():
         curves = gr.Plot(empty_figure("No training curves"), label="Training curves",
-                         elem_id="compare-curves")
+                         visible=False, elem_id="compare-curves")
         lengths = gr.Plot(empty_figure("No context-length sweep"), label="By context length",
-                          elem_id="compare-lengths")
+                          visible=False, elem_id="compare-lengths")
     with gr.Accordion("Per question", open=True):
         with gr.Row():
             other_dd = gr.Dropdown([], value=None, label="Compared run", scale=2,
@@ -191,7 +198,7 @@ def create_compare_tab(store: RunStore) -> dict[str, Any]:
         if not ids:
             empty = empty_figure("Pick runs to compare")
             return ("Pick runs to compare.", table_frame([], compare.DISPLAY_COLUMNS),
-                    table_frame([], DIFF_HEADERS), empty, empty, empty,
+                    table_frame([], DIFF_HEADERS), empty, _optional(None), _optional(None),
                     gr.update(choices=[], value=None))
         try:
             runs, comparison = compare.compare_stored_runs(
@@ -200,7 +207,8 @@ def create_compare_tab(store: RunStore) -> dict[str, Any]:
         except MemFactoryError as err:
             empty = empty_figure("No comparison")
             return (f"**Cannot compare.** {err}", table_frame([], compare.DISPLAY_COLUMNS),
-                    table_frame([], DIFF_HEADERS), empty, empty, empty, gr.skip())
+                    table_frame([], DIFF_HEADERS), empty, _optional(None), _optional(None),
+                    gr.skip())
         metrics = list(dict.fromkeys(m for r in runs for m in r.metrics))
         metric_v = metric if metric in metrics else (metrics[0] if metrics else None)
         t0 = time.perf_counter()
@@ -210,10 +218,8 @@ def create_compare_tab(store: RunStore) -> dict[str, Any]:
                 table_frame(compare.display_rows(comparison["table"]),
                             compare.DISPLAY_COLUMNS),
                 diff_frame(comparison), figures["Parallel coordinates"],
-                figures.get("Training curves", empty_figure("No training curves: the "
-                                                            "compared runs are evaluations")),
-                figures.get("By context length", empty_figure("No run was evaluated at "
-                                                              "several context lengths")),
+                _optional(figures.get("Training curves")),
+                _optional(figures.get("By context length")),
                 gr.update(choices=metrics, value=metric_v))
 
     def questions(base: int | None, other: int | None, metric: str | None
