@@ -1,0 +1,326 @@
+"""The Build tab's logic without a browser: drafts and their edits, located validation
+problems, deterministic YAML, saved versions, forms from JSON schemas and config models,
+the trace viewer, and run ids from untrusted input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from app import config_forms as forms
+from app import pipeline_drafts as drafts
+from app.services import BadRunId, parse_run_id, preset_config, run_record
+from app.trace_view import trace_html, word_diff_html
+from jobs.store import RunStore
+from memfactory_core.components.base import Component, StepResult, register, registry
+from memfactory_core.config import validate_config
+from memfactory_core.eval.config import EvalConfig
+from memfactory_core.pipeline import load_spec, validate_spec
+from memfactory_core.training.config import TrainConfig
+
+
+class ProbeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="Keep facts above this score.")
+    mode: Literal["strict", "loose"] = "strict"
+    keep_all: bool = False
+    limit: int | None = Field(None, ge=1, description="Most facts kept.")
+    tags: list[str] = Field(default_factory=list)
+
+
+def probe_component() -> type[Component]:
+    """A component class the builder has never seen."""
+    from memfactory_core.components.base import Stage
+
+    class ProbeFilter(Component):
+        name = "probe_filter"
+        stage = Stage.EXTRACT
+        description = "Keeps the facts of a chunk that pass a threshold."
+        Params = ProbeParams
+        inputs = ("chunk",)
+        outputs = ("facts",)
+
+        def run(self, batch: list[Any]) -> list[StepResult]:
+            return [StepResult(output=[]) for _ in batch]
+
+    return ProbeFilter
+
+
+@pytest.fixture()
+def new_component() -> Iterator[type[Component]]:
+    from memfactory_core.components import base
+
+    cls = register(probe_component())
+    try:
+        yield cls
+    finally:
+        base._REGISTRY.pop(cls.name, None)
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> RunStore:
+    return RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
+
+
+def memagent() -> dict[str, Any]:
+    return drafts.preset_draft("memagent")
+
+
+# ------------------------------------------------------------------------- drafts
+def test_preset_draft_has_stable_ids_and_checks_clean() -> None:
+    draft = memagent()
+    assert [s["id"] for s in draft["ingest"]] == ["token_chunker", "memory_writer"]
+    assert [s["id"] for s in draft["query"]] == ["boxed_answerer"]
+    assert drafts.check_draft(draft)["ok"]
+    assert drafts.preset_draft("memagent") == draft  # the same file gives the same ids
+
+
+def test_edits_keep_ids_and_build_memagent_from_empty() -> None:
+    draft = drafts.new_draft("built")
+    draft, writer = drafts.add_slot(draft, "ingest", "memory_writer")
+    draft, chunker = drafts.add_slot(draft, "ingest", "token_chunker")
+    draft, _ = drafts.add_slot(draft, "query", "boxed_answerer")
+    draft, extra = drafts.add_slot(draft, "query", "memory_writer")
+    assert extra == "memory_writer_2"
+    checked = drafts.check_draft(draft)
+    assert not checked["ok"]
+    draft = drafts.move_slot(draft, chunker, "ingest", 0)
+    draft = drafts.remove_slot(draft, extra)
+    assert [s["id"] for s in draft["ingest"]] == [chunker, writer]
+    assert drafts.check_draft(draft)["ok"]
+    with pytest.raises(drafts.DraftError, match="no slot 'gone'"):
+        drafts.remove_slot(draft, "gone")
+    with pytest.raises(drafts.DraftError, match="unknown component 'nope'"):
+        drafts.add_slot(draft, "ingest", "nope")
+    with pytest.raises(drafts.DraftError, match="unknown lane"):
+        drafts.move_slot(draft, chunker, "middle", 0)
+
+
+def test_order_lanes_is_what_a_drag_reports() -> None:
+    draft = memagent()
+    moved = drafts.order_lanes(draft, {"ingest": ["memory_writer", "token_chunker"],
+                                       "query": ["boxed_answerer"]})
+    assert [s["id"] for s in moved["ingest"]] == ["memory_writer", "token_chunker"]
+    removed = drafts.order_lanes(draft, {"ingest": ["token_chunker", "memory_writer"],
+                                         "query": []})
+    assert removed["query"] == []
+    with pytest.raises(drafts.DraftError, match="unknown slot ids"):
+        drafts.order_lanes(draft, {"ingest": ["ghost"]})
+
+
+def test_problems_name_lane_slot_and_parameter() -> None:
+    draft = drafts.set_slot(memagent(), "boxed_answerer", {"max_new_tokens": 0}, "policy")
+    draft = drafts.move_slot(draft, "memory_writer", "ingest", 0)
+    checked = drafts.check_draft(draft)
+    assert not checked["ok"]
+    bad_param = [p for p in checked["problems"] if p["param"] == "max_new_tokens"]
+    assert bad_param and bad_param[0]["slot"] == "boxed_answerer"
+    assert bad_param[0]["lane"] == "query" and bad_param[0]["index"] == 0
+    assert "greater than or equal to 1" in bad_param[0]["message"]
+    order = [p for p in checked["problems"] if p["slot"] == "memory_writer"]
+    assert order and order[0]["index"] == 0 and "segmenter" in order[0]["message"]
+    fixed = drafts.set_slot(drafts.move_slot(draft, "token_chunker", "ingest", 0),
+                            "boxed_answerer", {"max_new_tokens": 8}, "policy")
+    assert drafts.check_draft(fixed)["ok"]
+
+
+def test_memory_problems_point_at_the_memory() -> None:
+    draft = memagent()
+    draft["memory"]["params"]["max_tokens"] = -3
+    problem = drafts.check_draft(draft)["problems"][0]
+    assert problem["lane"] == "memory" and problem["param"] == "max_tokens"
+
+
+def test_untrusted_drafts_get_clear_errors() -> None:
+    with pytest.raises(drafts.DraftError, match="not valid JSON"):
+        drafts.normalize_draft("{oops")
+    with pytest.raises(drafts.DraftError, match="must be a mapping"):
+        drafts.normalize_draft("[1, 2]")
+    with pytest.raises(drafts.DraftError, match=r"ingest: a lane must be a list"):
+        drafts.normalize_draft({"ingest": "token_chunker"})
+    twice = drafts.normalize_draft({"ingest": [{"id": "a", "component": "token_chunker"},
+                                               {"id": "a", "component": "memory_writer"}]})
+    assert [s["id"] for s in twice["ingest"]] == ["a", "memory_writer"]
+    unknown_key = drafts.normalize_draft({**memagent(), "query": [
+        {"component": "boxed_answerer", "colour": "red"}]})
+    problems = drafts.check_draft(unknown_key)["problems"]
+    assert any("colour" in p["location"] for p in problems)  # never dropped silently
+
+
+# --------------------------------------------------------------------------- YAML
+def test_yaml_is_deterministic_and_loads_as_the_preset() -> None:
+    draft = memagent()
+    text = drafts.draft_yaml(draft)
+    assert text == drafts.draft_yaml(drafts.draft_from_yaml(text))
+    shuffled = drafts.set_slot(draft, "boxed_answerer",
+                               dict(reversed(list({"max_new_tokens": 64,
+                                                   "fallback": "text"}.items()))), "policy")
+    again = drafts.set_slot(draft, "boxed_answerer",
+                            {"fallback": "text", "max_new_tokens": 64}, "policy")
+    assert drafts.draft_yaml(shuffled) == drafts.draft_yaml(again)
+    exported = validate_spec(yaml.safe_load(text))
+    preset = validate_spec(load_spec("memagent"))
+    assert exported.spec.model_dump() == preset.spec.model_dump()
+    with pytest.raises(drafts.DraftError, match="not valid YAML"):
+        drafts.draft_from_yaml("ingest: [", "upload")
+
+
+# ------------------------------------------------------------------------ storing
+def test_save_versions_reload_and_runs_accept_only_valid(store: RunStore) -> None:
+    draft = {**memagent(), "name": "mine"}
+    first = drafts.save_draft(store, draft)
+    changed = drafts.set_slot(draft, "boxed_answerer", {"max_new_tokens": 0}, "policy")
+    second = drafts.save_draft(store, changed)
+    assert (first["version"], second["version"]) == (1, 2)
+    assert first["valid"] and not second["valid"]
+    assert Path(second["file"]).name == "v2.yaml" and Path(first["file"]).is_file()
+    assert drafts.load_saved(store, "mine") == drafts.normalize_draft(changed)
+    assert drafts.load_saved(store, "mine", 1) == drafts.normalize_draft(draft)
+    listed = drafts.saved_pipelines(store)
+    assert listed[0]["name"] == "mine" and listed[0]["versions"] == [1, 2]
+    assert all(v != second["file"] for _, v in drafts.pipeline_choices(store))
+    drafts.save_draft(store, draft)
+    assert any(v.endswith("mine/v3.yaml") for _, v in drafts.pipeline_choices(store))
+    with pytest.raises(drafts.DraftError, match="pipeline name"):
+        drafts.save_draft(store, {**draft, "name": "../escape"})
+    with pytest.raises(drafts.DraftError, match="no version 9"):
+        drafts.load_saved(store, "mine", 9)
+
+
+def test_try_config_runs_one_question_of_a_sample() -> None:
+    samples = drafts.sample_files()
+    config = drafts.try_config(memagent(), "tiny-random", samples[0], docs=2)
+    assert config["data"] == {"path": str(Path(samples[0]).resolve()), "limit": 1, "docs": 2}
+    assert yaml.safe_load(Path(config["pipeline"]).read_text())["name"] == "memagent"
+    validate_config(config, EvalConfig)
+    with pytest.raises(drafts.DraftError, match="not a sample"):
+        drafts.try_config(memagent(), "tiny-random", "/etc/passwd")
+    broken = drafts.set_slot(memagent(), "boxed_answerer", {"max_new_tokens": 0}, "policy")
+    with pytest.raises(drafts.DraftError, match="fix the pipeline first"):
+        drafts.try_config(broken, "tiny-random", samples[0])
+
+
+# -------------------------------------------------------------------------- forms
+def test_palette_and_forms_come_from_the_registry(new_component: type[Component]) -> None:
+    palette = {c["name"]: c for c in drafts.palette()}
+    assert set(palette) == set(registry())
+    entry = palette["probe_filter"]
+    assert entry["stage"] == "extract" and entry["inputs"] == ["chunk"]
+    fields = {f["name"]: f for f in entry["fields"]}
+    assert fields["threshold"]["kind"] == "number"
+    assert (fields["threshold"]["minimum"], fields["threshold"]["maximum"]) == (0.0, 1.0)
+    assert fields["mode"]["kind"] == "enum" and fields["mode"]["options"] == ["strict", "loose"]
+    assert fields["keep_all"]["kind"] == "boolean"
+    assert fields["limit"]["kind"] == "integer" and fields["limit"]["nullable"]
+    assert fields["tags"]["kind"] == "json"
+    stages = [c["stage"] for c in drafts.palette()]
+    order = drafts.stage_order()
+    assert stages == sorted(stages, key=order.index)
+
+
+def test_config_forms_round_trip_every_shipped_config() -> None:
+    from app.services import config_presets
+
+    for name in config_presets():
+        model = TrainConfig if name.startswith("train_") else EvalConfig
+        fields = forms.form_fields(model)
+        config = preset_config(name)
+        rebuilt = forms.build_config(fields, forms.flatten(config, fields))
+        assert forms.check_config(model, rebuilt) == [], name
+        original = validate_config(config, model).model_dump()
+        rebuilt["output_dir"] = config["output_dir"]
+        assert validate_config(rebuilt, model).model_dump() == original, name
+        assert forms.command_line("x", rebuilt, fields, name, config).split()[3:] == [
+            f"assets/configs/{name}"]
+
+
+def test_config_form_fields_follow_the_model() -> None:
+    fields = {f["path"]: f for f in forms.form_fields(TrainConfig)}
+    assert set(TrainConfig.model_fields) - {"output_dir", "data", "model", "generation",
+                                            "lora"} <= set(fields)
+    assert fields["loss_type"]["options"] == ["grpo", "bnpo", "dr_grpo", "dapo"]
+    assert fields["generation.temperature"]["default"] == 1.0  # the factory's, not the class's
+    assert fields["rewards"]["kind"] == "json"
+    assert fields["data.docs"]["kind"] == "json"  # int or list of ints
+    values = forms.flatten(preset_config("train_synthetic_tiny.yaml"), list(fields.values()))
+    values["learning_rate"] = -1.0
+    values["rewards"] = '[{"name": "nope"}]'
+    config = forms.build_config(list(fields.values()), values)
+    problems = forms.check_config(TrainConfig, config)
+    assert any(p.startswith("learning_rate") for p in problems)
+    assert any("unknown reward 'nope'" in p for p in problems)
+    values["rewards"] = "[{"
+    with pytest.raises(Exception, match="rewards: not valid JSON or YAML"):
+        forms.build_config(list(fields.values()), values)
+
+
+def test_command_line_lists_the_changes() -> None:
+    fields = forms.form_fields(EvalConfig)
+    base = preset_config("eval_memagent_tiny.yaml")
+    values = forms.flatten(base, fields)
+    values["data.limit"] = 2
+    values["model.model"] = "my model"
+    line = forms.command_line("eval", forms.build_config(fields, values), fields,
+                              "eval_memagent_tiny.yaml", base)
+    assert line == ("memfactory submit eval assets/configs/eval_memagent_tiny.yaml "
+                    "'model.model=\"my model\"' data.limit=2")
+
+
+# -------------------------------------------------------------------- the trace
+def test_word_diff_marks_added_and_removed_words() -> None:
+    out = word_diff_html("Paris is big", "Paris is <small>")
+    assert out == "Paris is <del>big</del><ins>&lt;small&gt;</ins>"
+    assert word_diff_html("same", "same") == "same"
+
+
+def test_trace_html_shows_every_step() -> None:
+    trace = {"answer": "Paris", "steps": [
+        {"lane": "ingest", "slot": 1, "component": "memory_writer", "role": "policy",
+         "unit": 0, "prompt": "read <this>", "output": "notes", "memory_before": "old notes",
+         "memory_after": "new notes", "prompt_tokens": 12, "completion_tokens": 3,
+         "seconds": 0.25},
+        {"lane": "query", "slot": 0, "component": "boxed_answerer", "role": "policy",
+         "prompt": "q", "output": "\\boxed{Paris}", "memory_before": "new notes",
+         "memory_after": "new notes", "completion_tokens": 4, "seconds": 0.1}]}
+    out = trace_html(trace, {"question": "Where?", "answers": ["Paris"], "prediction": "Paris",
+                             "em": 1.0})
+    assert "memory_writer" in out and "role <b>policy</b>" in out and "unit 0" in out
+    assert "read &lt;this&gt;" in out and "12 → 3 tokens" in out and "0.25 s" in out
+    assert "<del>old</del><ins>new</ins> notes" in out
+    assert "memory unchanged" in out and "em 1.00" in out
+
+
+# ------------------------------------------------------------------------ run ids
+@pytest.mark.parametrize("value,expected", [(3, 3), (3.0, 3), ("7", 7), (" 8 ", 8),
+                                            (2**63 - 1, 2**63 - 1)])
+def test_run_ids_accepted(value: Any, expected: int) -> None:
+    assert parse_run_id(value) == expected
+
+
+@pytest.mark.parametrize("value", [1.5, "1.5", 2**63, 0, -4, True, None, "abc",
+                                   float("nan"), float("inf"), [1]])
+def test_run_ids_refused(value: Any) -> None:
+    with pytest.raises(BadRunId, match="run id must be"):
+        parse_run_id(value)
+
+
+def test_run_record_carries_no_path_keys(store: RunStore) -> None:
+    run = store.create_run("eval", {"data": {"path": "/data.jsonl"}})
+    store.update_run(run.id, summary={"config": {"data": {"path": "/data.jsonl"}}})
+    record = run_record(store.get_run(run.id), config=True)
+
+    def keys(value: Any) -> set[str]:
+        if isinstance(value, dict):
+            return set(value) | {k for v in value.values() for k in keys(v)}
+        if isinstance(value, list):
+            return {k for v in value for k in keys(v)}
+        return set()
+
+    assert "path" not in keys(record)
+    assert yaml.safe_load(record["config_yaml"]) == {"data": {"path": "/data.jsonl"}}
