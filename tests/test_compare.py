@@ -225,9 +225,10 @@ def script_numbers(base_file: Path, other_file: Path, metric: str) -> dict[str, 
 def two_files(tmp_path: Path) -> tuple[Path, Path]:
     base = write_results(tmp_path / "base" / "results.json",
                          make_records(200, 0.25, seed=1), eval_config("smollm2"))
-    # the trained run answered only 150 of the questions
+    # the trained run answered only 150 of the questions, written in another order
     trained = write_results(tmp_path / "trained" / "results.json",
-                            make_records(200, 0.45, seed=2)[:150], eval_config("adapter"))
+                            make_records(200, 0.45, seed=2)[:150][::-1],
+                            eval_config("adapter"))
     return base, trained
 
 
