@@ -128,3 +128,26 @@ def test_summarize() -> None:
     assert len(out["em_ci95"]) == 2 and out["em_ci95"][0] <= 0.75 <= out["em_ci95"][1]
     assert out["f1"] == 0.5 and out["f1_ci95"] == [0.5, 0.5]
     assert set(summarize({"em": [1.0, 0.0]}, confidence=0.9)) == {"em", "em_ci90"}
+
+
+def test_locomo_f1_follows_the_official_category_rules() -> None:
+    from memfactory_core.metrics.locomo import bleu1, locomo_f1, recall_at_k, token_f1
+
+    # stemming and LoCoMo's normalisation (commas, a/an/the/and dropped)
+    assert token_f1("running and jumping", "runs, jumps") == 1.0
+    assert locomo_f1("7 May 2023", "7 May, 2023", 2) == 1.0
+    # multi-hop: gold split on commas, best predicted part per gold part, averaged
+    assert locomo_f1("Oslo, Bergen", "Bergen, Paris", 1) == pytest.approx(0.5)
+    assert locomo_f1("Oslo Bergen", "Bergen, Paris", 1) == pytest.approx((2 / 3) / 2)
+    # open-domain: gold cut at the first ';'
+    assert locomo_f1("likely yes", "likely yes; she loves hiking", 3) == 1.0
+    assert locomo_f1("likely yes", "likely yes; she loves hiking", 4) < 1.0
+    # adversarial: abstention scores, anything else does not
+    assert locomo_f1("It is not mentioned in the conversation", "x", 5) == 1.0
+    assert locomo_f1("No information available", "x", 5) == 1.0
+    assert locomo_f1("Rex", "Not mentioned in the conversation", 5) == 0.0
+    assert bleu1("the city library", "the city library") == pytest.approx(1.0)
+    assert bleu1("city", "the city library") < 0.5 and bleu1("", "x") == 0.0
+    assert recall_at_k([["D1:1"], ["D2:1", "D1:3"]], ["D1:3", "D9:9"], 2) == 0.5
+    assert recall_at_k([["D1:1"], ["D1:3"]], ["D1:3"], 1) == 0.0
+    assert recall_at_k([["D1:1"]], [], 5) is None

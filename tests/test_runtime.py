@@ -161,3 +161,39 @@ def test_answer_prefix_is_continued_by_the_model() -> None:
     assert seen[-1][-1] == {"role": "assistant", "content": "Answer: \\boxed{"}
     assert r.answer == "Paris"
     assert r.trace.steps_of("boxed_answerer")[0].output == "Answer: \\boxed{Paris} and more"
+
+
+class CountingTokenizer(CharTokenizer):
+    def __init__(self) -> None:
+        self.encoded_chars = 0
+
+    def encode(self, text: str) -> list[int]:
+        self.encoded_chars += len(text)
+        return super().encode(text)
+
+
+@pytest.mark.parametrize("overflow", ["keep_head", "keep_tail"])
+def test_reading_stops_once_the_chunk_budget_is_full(monkeypatch: pytest.MonkeyPatch,
+                                                     overflow: str) -> None:
+    from memfactory_core.components import chunker
+
+    monkeypatch.setattr(chunker, "ENCODE_WINDOW_CHARS", 64)
+    text = " ".join(f"w{i:05d}" for i in range(100_000))  # 700 KB, one record
+    tok = CountingTokenizer()
+    seen: list[str] = []
+
+    def record(t: str) -> str:
+        if "<text>" in t:
+            seen.append(re.search(r"<text>\n(.*?)\n</text>", t, re.S).group(1))  # type: ignore[union-attr]
+        return "\\boxed{1}"
+
+    runtime = PipelineRuntime(pipeline(chunk_tokens=16, max_chunks=2, overflow=overflow),
+                              ScriptedLLM(record), tokenizer=tok)
+    [r] = runtime.run([Episode(id="big", context=text,
+                               questions=[QA(id="q", question="question 1?", answers=[])])])
+    assert tok.encoded_chars < 64 * 3
+    expected = [text[:16], text[16:32]] if overflow == "keep_head" else [text[-32:-16],
+                                                                         text[-16:]]
+    assert seen == expected
+    extra = r.trace.steps[0].extra
+    assert extra["chunks"] == 2 and extra["unread_chars"] > len(text) - 200

@@ -106,6 +106,10 @@ class MemoryManagerParams(BaseModel):
     search: SearchMode = Field(SearchMode.HYBRID,
                                description="How similar entries are found: bm25, dense, hybrid.")
     max_new_tokens: int = Field(160, ge=1, description="Generation limit per decision.")
+    reply_prefix: str = Field(
+        "", description="Start of the reply, written for the model to continue (e.g. "
+        "'{\"memory\": [{\"event\": \"'); small models produce JSON more often with it.",
+    )
 
     @field_validator("template")
     @classmethod
@@ -165,6 +169,8 @@ class MemoryManager(LLMComponent):
                 bank = batch[j].memory
                 assert isinstance(bank, MemoryBank)
                 prompt, ids = manager_prompt(p.template, bank, facts[j][i], p.top_k, p.search)
+                if p.reply_prefix:
+                    prompt.append({"role": "assistant", "content": p.reply_prefix})
                 prompts.append(prompt)
                 shown.append(ids)
             gens = self.generate(prompts, p.max_new_tokens)
@@ -172,7 +178,7 @@ class MemoryManager(LLMComponent):
                 state = batch[j]
                 bank = state.memory
                 assert isinstance(bank, MemoryBank)
-                decision = apply_reply(bank, facts[j][i], gen.text)
+                decision = apply_reply(bank, facts[j][i], p.reply_prefix + gen.text)
                 decision["shown"] = ids
                 decisions[j].append(decision)
                 tokens[j][0] += gen.prompt_tokens

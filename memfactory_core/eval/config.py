@@ -12,8 +12,10 @@ from memfactory_core.llm.base import SamplingParams
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="HotpotQA JSONL, MemAgent eval JSON/JSONL or parquet.")
-    format: Literal["auto", "hotpotqa", "memagent_json", "memagent_parquet"] = "auto"
+    path: str = Field(description="HotpotQA JSONL, MemAgent eval JSON/JSONL or parquet, "
+                      "LoCoMo or LongMemEval JSON.")
+    format: Literal["auto", "hotpotqa", "memagent_json", "memagent_parquet", "locomo",
+                    "longmemeval"] = "auto"
     docs: int | list[int] | None = Field(
         None, description="Documents per haystack (HotpotQA); a list gives one summary each."
     )
@@ -22,6 +24,25 @@ class DataConfig(BaseModel):
         None, description="A data file whose questions are left out, e.g. the training set."
     )
     seed: int = 0
+    conversations: list[str] | None = Field(
+        None, description="Conversation ids to read (LoCoMo sample_id, e.g. [conv-30])."
+    )
+    split: Literal["train", "validation", "test"] | None = Field(
+        None, description="Memory-R1's LoCoMo split: train conv-26, validation conv-30, test "
+        "the other eight."
+    )
+    sessions: int | None = Field(
+        None, ge=1, description="Read only the first N sessions of each conversation (a "
+        "question is kept when its evidence lies in them)."
+    )
+    categories: list[int] | None = Field(
+        None, description="LoCoMo categories to keep (default 1-4; 5 is adversarial)."
+    )
+
+    def load_options(self) -> dict[str, Any]:
+        """The conversation options that were set, as ``load_episodes`` keywords."""
+        keys = ("conversations", "split", "sessions", "categories")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
     def exclude_ids(self) -> set[str]:
         """Question ids of the ``exclude`` file (empty when none is named)."""
@@ -107,3 +128,22 @@ class EvalConfig(PipelineRunConfig):
     samples: int = Field(1, ge=1, description="Samples per question (avg@k).")
     batch_size: int = Field(64, ge=1, description="Rollouts run together through the runtime.")
     output_dir: str
+    overwrite: bool = Field(
+        False, description="Replace an existing OUTPUT_DIR/results.json (refused otherwise)."
+    )
+    recall_at: list[int] = Field(
+        default_factory=lambda: [5, 10],
+        description="k values of Recall@k against evidence turn ids (pipelines with a "
+        "retriever).",
+    )
+    judge: ModelConfig | None = Field(
+        None, description="An LLM judge (e.g. backend openai) that marks each answer correct "
+        "or wrong against the gold answer; its score is logged as llm_judge.",
+    )
+
+    @field_validator("recall_at")
+    @classmethod
+    def _positive_k(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError("k values must be positive")
+        return v
