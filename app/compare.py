@@ -18,7 +18,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Lock
@@ -375,15 +375,22 @@ def results_path(run: RunLike) -> Path | None:
     return path if path.is_file() else None
 
 
-def run_results(run: RunLike) -> RunResults:
-    """A stored run's results: its ``results.json`` when it has one, else its summary (a
-    training run: no records, its summary's numbers)."""
+def run_results(run: RunLike,
+                records: Callable[[int], list[dict[str, Any]]] | None = None) -> RunResults:
+    """A stored run's results: its ``results.json`` when it has one; else the evaluation
+    records ``records(run id)`` returns (the store's copies), if any, with its summary; else
+    its summary alone (a training run: no records, its summary's numbers)."""
     path = results_path(run)
     if path is not None:
         out = load_results(path, label=run_label(run), config=run.config or {})
+        out.run_id = run.id
+        return out
+    summary = {k: v for k, v in (run.summary or {}).items() if k not in ("config", "pipeline")}
+    stored = records(run.id) if records is not None and run.kind == "eval" else []
+    if stored:
+        out = results_from_data({"summary": summary, "records": stored}, run_label(run),
+                                source=f"run {run.id} records", config=run.config or {})
     else:
-        summary = {k: v for k, v in (run.summary or {}).items() if k not in ("config",
-                                                                               "pipeline")}
         out = RunResults(label=run_label(run), summary=summary, config=dict(run.config or {}),
                          metrics=metric_names(summary, []))
     out.run_id = run.id
@@ -911,8 +918,15 @@ def load_stored_runs(store: RunSource, run_ids: Sequence[int]) -> list[RunResult
             run = store.get_run(i)
         except MemFactoryError:
             raise CompareError(f"no run with id {i}") from None
-        out.append(run_results(run))
+        out.append(run_results(run, _stored_records(store)))
     return out
+
+
+def _stored_records(store: RunSource) -> Callable[[int], list[dict[str, Any]]] | None:
+    samples = getattr(store, "samples", None)
+    if samples is None:
+        return None
+    return lambda run_id: [s.data for s in samples(run_id, kind="eval_record")]
 
 
 def compare_stored_runs(store: RunSource, run_ids: Sequence[int], base_id: int | None = None,

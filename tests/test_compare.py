@@ -26,6 +26,7 @@ from app.compare import (
     filter_options,
     flatten,
     load_results,
+    load_stored_runs,
     parallel_figure,
     parse_tags,
     pick_runs,
@@ -326,8 +327,9 @@ def test_results_are_reread_when_the_file_changes(tmp_path: Path) -> None:
     assert load_results(path).label == "r"  # a label does not stick to the cached copy
 
 
-def test_stored_runs_read_their_results_file(tmp_path: Path, two_files: tuple[Path, Path]
-                                             ) -> None:
+def test_stored_runs_read_their_results_file(tmp_path: Path, two_files: tuple[Path, Path],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMFACTORY_HOME", str(tmp_path))  # run folders of this test only
     store = RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
     run = store.create_run("eval", eval_config("smollm2"), name="base eval")
     (Path(run.output_dir)).mkdir(parents=True, exist_ok=True)
@@ -339,6 +341,21 @@ def test_stored_runs_read_their_results_file(tmp_path: Path, two_files: tuple[Pa
     assert got.config["model"]["model"] == "smollm2"
     t = run_results(store.get_run(train.id))
     assert not t.has_records and t.metrics == ["reward"] and t.config == {"max_steps": 2}
+
+
+def test_stored_records_stand_in_for_a_missing_results_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMFACTORY_HOME", str(tmp_path))  # run folders of this test only
+    store = RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
+    records = make_records(30, 0.5, seed=3)
+    run = store.create_run("eval", eval_config("m"), name="no file")
+    store.add_samples(run.id, records, kind="eval_record", step=0)
+    store.update_run(run.id, summary={"em": 0.1, "em_ci95": [0.0, 0.2], "n": 30})
+    [got] = load_stored_runs(store, [run.id])
+    assert len(got.keys) == 30 and got.path is None
+    assert got.scores[:, got.metrics.index("em")].sum() == sum(r["em"] for r in records)
+    with pytest.raises(CompareError, match="no run with id 77"):
+        load_stored_runs(store, [run.id, 77])
 
 
 # ---------------------------------------------------------------- per-question view

@@ -47,7 +47,8 @@ def stored_eval(store: RunStore, name: str, model: str, records: list[dict], **k
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> RunStore:
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunStore:
+    monkeypatch.setenv("MEMFACTORY_HOME", str(tmp_path))  # run folders of this test only
     return RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
 
 

@@ -43,7 +43,9 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture()
-def app(tmp_path: Path) -> Iterator[tuple[str, RunStore, int, int]]:
+def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        ) -> Iterator[tuple[str, RunStore, int, int]]:
+    monkeypatch.setenv("MEMFACTORY_HOME", str(tmp_path))  # run folders of this test only
     store = RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
     base = stored_eval(store, "base", "smollm2", make_records(60, 0.2, seed=1))
     trained = stored_eval(store, "trained", "adapter", make_records(60, 0.6, seed=2),
