@@ -171,3 +171,21 @@ def test_locomo_memory_r1_split_sizes() -> None:
     assert len(conv30.conversation.sessions) == 3  # type: ignore[union-attr]
     assert all(int(e[1:].split(":")[0]) <= 3 for q in conv30.questions for e in q.evidence)
     assert conv30.meta["given_facts"] > 0
+
+
+def test_run_episode_reads_text_or_a_conversation_file(tmp_path: Path) -> None:
+    from memfactory_core.data.loaders import run_episode
+
+    ep = run_episode(SAMPLE, "Where does Nora live?")
+    assert ep.id == "sample-1" and ep.conversation is not None
+    assert [q.question for q in ep.questions] == ["Where does Nora live?"]
+    assert run_episode(SAMPLE, "?", conversation="sample-3").id == "sample-3"
+    doc = tmp_path / "doc.txt"
+    doc.write_text("plain text", encoding="utf-8")
+    assert run_episode(doc, "?").context == "plain text"
+    binary = tmp_path / "x.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(MemFactoryError, match="not a UTF-8 text file"):
+        run_episode(binary, "?")
+    with pytest.raises(MemFactoryError, match="context file not found"):
+        run_episode(tmp_path / "missing.txt", "?")

@@ -36,7 +36,8 @@ class _ConversationSegmenter(Segmenter):
             units = units[: p.max_units]
         turns = sum(len(u) for u in units)
         return units, StepResult(
-            output=f"{len(units)} {self.unit_name}(s), {turns} turn(s)",
+            output=f"{len(units)} {self.unit_name}(s)"
+            + (f", {turns} turn(s)" if self.unit_name != "turn" else ""),
             extra={"units": len(units), "turns": turns, "dropped_units": total - len(units),
                    "sessions": len(conversation.sessions)},
         )

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from memfactory_core.data.conversations import load_locomo, load_longmemeval
-from memfactory_core.data.episode import Episode
+from memfactory_core.data.episode import QA, Episode
 from memfactory_core.data.haystack import (
     ParagraphPool,
     build_distractor_episodes,
@@ -166,3 +166,34 @@ def _limit_questions(episodes: list[Episode], limit: int | None,
         if left == 0:
             break
     return out
+
+
+def run_episode(path: str | Path, question: str, conversation: str | None = None) -> Episode:
+    """The episode ``memfactory run`` reads: a conversation data file's first (or named)
+    conversation, or any other file's text as a document, with ``question`` asked about it."""
+    p = Path(path)
+    if not p.is_file():
+        raise MemFactoryError(f"context file not found: {p}")
+    qa = QA(id="q", question=question, answers=[])
+    if p.suffix.lower() in (".json", ".jsonl"):
+        try:
+            fmt = detect_format(p)
+        except MemFactoryError:
+            fmt = None
+        if fmt in CONVERSATION_FORMATS:
+            episodes = (load_locomo(p, conversations=[conversation] if conversation else None,
+                                    categories=range(1, 6))
+                        if fmt == "locomo" else load_longmemeval(p))
+            if conversation and fmt != "locomo":
+                episodes = [e for e in episodes if e.id == conversation]
+            if not episodes:
+                raise MemFactoryError(f"{p}: no conversation {conversation!r}")
+            return episodes[0].model_copy(update={"questions": [qa]})
+    if conversation:
+        raise MemFactoryError(f"{p}: not a conversation data file (LoCoMo or LongMemEval)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise MemFactoryError(f"{p}: not a UTF-8 text file ({err.reason} at byte "
+                              f"{err.start})") from None
+    return Episode(id=p.stem, context=text, questions=[qa])

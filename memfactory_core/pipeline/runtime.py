@@ -68,6 +68,12 @@ class RolloutResult:
         """Every step that led to this answer: the shared ingest, then the trace's own."""
         return [*self.ingest, *self.trace.steps]
 
+    def full_trace(self) -> Trace:
+        """The trace with the shared ingest steps put back in front (for display)."""
+        if not self.ingest:
+            return self.trace
+        return self.trace.model_copy(update={"steps": self.steps})
+
     @property
     def boxed(self) -> bool:
         """Whether the final answering step reported a ``\\boxed{}`` answer."""

@@ -46,15 +46,16 @@ def rrf(rankings: Sequence[Sequence[str]], k: int = 60) -> list[Hit]:
     return [Hit(key, s) for key, s in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    """Row numbers of the ``k`` highest finite scores, best first."""
-    finite = np.flatnonzero(np.isfinite(scores))
-    if finite.size == 0:
-        return finite
-    if finite.size > k:
-        part = np.argpartition(-scores[finite], k - 1)[:k]
-        finite = finite[part]
-    return finite[np.argsort(-scores[finite], kind="stable")]
+def _top(scores: np.ndarray, k: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """Row numbers of the ``k`` highest scores (among ``mask`` rows), best first."""
+    if mask is not None:
+        candidates = np.flatnonzero(mask)
+        if candidates.size > k:
+            part = np.argpartition(-scores[candidates], k - 1)[:k]
+            candidates = candidates[part]
+        return candidates[np.argsort(-scores[candidates], kind="stable")]
+    top = np.argpartition(-scores, k - 1)[:k] if scores.size > k else np.arange(scores.size)
+    return top[np.argsort(-scores[top], kind="stable")]
 
 
 class SearchIndex:
@@ -200,8 +201,11 @@ class SearchIndex:
 
     # -- search ------------------------------------------------------------------------
 
-    def _mask(self, groups: Sequence[str] | None) -> np.ndarray:
+    def _mask(self, groups: Sequence[str] | None) -> np.ndarray | None:
+        """Rows a search may return; None when that is every row."""
         n = len(self._keys)
+        if groups is None and self._n_alive == n:
+            return None
         mask = self._alive[:n].copy()
         if groups is not None:
             wanted = set(groups)
@@ -247,6 +251,13 @@ class SearchIndex:
         n = len(self._keys)
         return self._vectors[:n] @ np.asarray(query, dtype=np.float32)
 
+    def search_vector(self, vector: np.ndarray, k: int,
+                      groups: Sequence[str] | None = None) -> list[Hit]:
+        """The ``k`` keys nearest to a query vector (cosine)."""
+        scores = self.dense_scores(vector)
+        return [Hit(self._keys[r], float(scores[r]))
+                for r in _top(scores, k, self._mask(groups))]
+
     def search(self, query: str, k: int, mode: SearchMode | str = SearchMode.BM25,
                groups: Sequence[str] | None = None) -> list[Hit]:
         """The ``k`` best keys for ``query`` (only keys whose group is in ``groups``, if given).
@@ -256,16 +267,16 @@ class SearchIndex:
         if k < 1:
             raise MemFactoryError(f"k must be at least 1, got {k}")
         mode = SearchMode(mode)
-        mask = self._mask(groups)
         if mode == SearchMode.HYBRID:
             depth = max(k, 50)
             lexical = [h.key for h in self.search(query, depth, SearchMode.BM25, groups)]
             dense = [h.key for h in self.search(query, depth, SearchMode.DENSE, groups)]
             return rrf([lexical, dense], self.rrf_k)[:k]
+        mask = self._mask(groups)
         if mode == SearchMode.BM25:
-            scores = self.bm25_scores(query).astype(np.float64)
-            scores[(scores <= 0) | ~mask] = -np.inf
+            scores = self.bm25_scores(query)
+            matched = scores > 0
+            mask = matched if mask is None else mask & matched
         else:
-            scores = self.dense_scores(query).astype(np.float64)
-            scores[~mask] = -np.inf
-        return [Hit(self._keys[r], float(scores[r])) for r in _top(scores, k)]
+            scores = self.dense_scores(query)
+        return [Hit(self._keys[r], float(scores[r])) for r in _top(scores, k, mask)]
