@@ -84,6 +84,18 @@ def _memory_length(results: Sequence[RolloutResult], p: dict[str, Any], ctx: Rew
     return out
 
 
+def _malformed_ops(results: Sequence[RolloutResult], p: dict[str, Any], ctx: RewardContext
+                   ) -> list[float]:
+    """Minus the share of memory-manager replies in the trajectory that were malformed."""
+    out = []
+    for r in results:
+        decided = sum(int(s.extra.get("decisions", 0)) for s in r.steps
+                      if "malformed" in s.extra)
+        bad = sum(int(s.extra["malformed"]) for s in r.steps if "malformed" in s.extra)
+        out.append(-bad / decided if decided else 0.0)
+    return out
+
+
 JUDGE_PROMPT = """\
 Decide whether the predicted answer to the question means the same as one of the reference
 answers. Reply with one word: yes or no.
@@ -118,6 +130,10 @@ REWARDS: dict[str, Reward] = {
     "sub_em": Reward(_sub_em, "A normalised gold answer occurs in the prediction."),
     "f1": Reward(_f1, "SQuAD token F1 of the prediction."),
     "format": Reward(_format, "1 when the answer is given in a \\boxed{}."),
+    "malformed_ops": Reward(
+        _malformed_ops, "Penalty for malformed memory-manager replies (bad JSON, unknown op "
+        "or id): minus their share of the trajectory's decisions (0 to -1).",
+    ),
     "memory_length": Reward(
         _memory_length, "Penalty for final memories longer than `budget` tokens (0 to -1).",
         frozenset({"budget"}), frozenset({"budget"}),

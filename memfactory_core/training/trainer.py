@@ -108,6 +108,15 @@ def _selective_logps(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 class GRPOTrainer:
     """Trains the policy roles of a pipeline with GRPO; see the module docstring."""
 
+    def __new__(cls, config: TrainConfig, *args: Any, **kwargs: Any) -> GRPOTrainer:
+        # a config with a memory_r1 section trains one-step policies: same trainer, other
+        # rollouts (memory_r1.MemoryR1Trainer), wherever a trainer is built
+        if cls is GRPOTrainer and config.memory_r1 is not None:
+            from memfactory_core.training.memory_r1 import MemoryR1Trainer
+
+            cls = MemoryR1Trainer
+        return super().__new__(cls)
+
     def __init__(
         self,
         config: TrainConfig,
