@@ -206,6 +206,7 @@ class RunResults:
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     records: list[dict[str, Any]] = field(default_factory=list)
     category: list[Any] = field(default_factory=list)
+    category_names: dict[Any, str] = field(default_factory=dict)
     docs: list[Any] = field(default_factory=list)
     path: str | None = None
     run_id: int | None = None
@@ -232,10 +233,11 @@ def metric_names(summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]
     if not records:
         return with_ci
     seen: dict[str, None] = {}
-    for r in records[:50]:
+    for r in records:
         for k, v in r.items():
-            if k not in NOT_METRICS and (isinstance(v, bool) or _is_number(v)):
-                seen.setdefault(k, None)
+            if k not in seen and k not in NOT_METRICS and (isinstance(v, bool)
+                                                           or _is_number(v)):
+                seen[k] = None
     found = [k for k in with_ci if k in seen] + [k for k in seen if k not in with_ci]
     return found
 
@@ -279,6 +281,7 @@ def results_from_data(data: Mapping[str, Any], label: str, source: str = "result
     docs: list[Any] = []
     scores = np.full((len(records), len(metrics)), np.nan)
     seen: dict[RecordKey, int] = {}
+    names: dict[Any, str] = {}
     for i, r in enumerate(records):
         if not isinstance(r, Mapping) or r.get("id") is None:
             raise CompareError(f"{source}: record {i} has no 'id'")
@@ -293,12 +296,15 @@ def results_from_data(data: Mapping[str, Any], label: str, source: str = "result
             if isinstance(v, bool) or _is_number(v):
                 scores[i, j] = float(v)
         category.append(_record_meta(r, "category"))
+        if category[-1] is not None and isinstance(r.get("category_name"), str):
+            names.setdefault(category[-1], r["category_name"])
         docs.append(key[2])
         light.append({"id": key[1], "docs": key[2], "category": category[-1],
                       "question": r.get("question"), "answers": r.get("answers"),
                       "prediction": r.get("prediction")})
     return RunResults(label=label, summary=summary, config=cfg, metrics=metrics, keys=keys,
-                      scores=scores, records=light, category=category, docs=docs)
+                      scores=scores, records=light, category=category, category_names=names,
+                      docs=docs)
 
 
 _results_cache: OrderedDict[tuple[str, int, int], RunResults] = OrderedDict()
@@ -315,11 +321,17 @@ def _file_id(path: Path) -> tuple[str, int, int]:
 
 def _read_json(path: Path) -> Any:
     try:
-        return orjson.loads(path.read_bytes())
-    except orjson.JSONDecodeError as err:
-        raise CompareError(f"{path}: not valid JSON ({err})") from None
+        raw = path.read_bytes()
     except OSError as err:
         raise CompareError(f"{path}: cannot read it ({err.strerror})") from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:  # Python's json module writes NaN for an undefined summary; orjson refuses it
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CompareError(f"{path}: not valid JSON ({err})") from None
 
 
 def load_results(path: str | os.PathLike[str], label: str | None = None,
@@ -423,7 +435,10 @@ def _groups(runs: Sequence[RunResults]) -> list[tuple[str, str, Any]]:
         if len(values) > 1:
             ordered = sorted(values, key=lambda v: (not _is_number(v), v if _is_number(v)
                                                     else str(v)))
-            out += [(f"{name}={v}", name, v) for v in ordered]
+            titles = {k: t for r in runs for k, t in r.category_names.items()} \
+                if name == "category" else {}
+            out += [(f"{name}={v}" + (f" ({titles[v]})" if v in titles else ""), name, v)
+                    for v in ordered]
     return out
 
 
@@ -459,11 +474,19 @@ def pair_indices(base: RunResults, other: RunResults) -> tuple[np.ndarray, np.nd
     return np.asarray(bi, dtype=np.int64), np.asarray(oi, dtype=np.int64)
 
 
+def episodes(run: RunResults, rows: np.ndarray) -> np.ndarray:
+    """The episode (conversation, document) of each of ``rows``: the cluster a question
+    belongs to; a question without one is its own."""
+    return np.array([str(run.keys[i][0] if run.keys[i][0] is not None else run.keys[i][1])
+                     for i in rows], dtype=object)
+
+
 def _paired_diffs(base: RunResults, other: RunResults, bi: np.ndarray, oi: np.ndarray,
                   metrics: Sequence[str], confidence: float, n_resamples: int,
-                  seed: int) -> dict[str, PairedDiff]:
+                  seed: int, cluster: bool = False) -> dict[str, PairedDiff]:
     """Paired differences of ``metrics`` on the rows given; metrics scored on every paired
-    row share one resample draw, the others are paired on the rows where both have a score."""
+    row share one resample draw, the others are paired on the rows where both have a score.
+    ``cluster``: resample the base's episodes rather than single questions."""
     cols = [(m, base.metrics.index(m), other.metrics.index(m)) for m in metrics
             if m in base.metrics and m in other.metrics]
     if not cols:
@@ -472,39 +495,44 @@ def _paired_diffs(base: RunResults, other: RunResults, bi: np.ndarray, oi: np.nd
     b = other.scores[oi][:, [c[2] for c in cols]]
     both = np.isfinite(a) & np.isfinite(b)
     full = both.all(axis=0)
+    groups = episodes(base, bi) if cluster else None
     out: dict[str, PairedDiff] = {}
     if full.any():
         fi = np.flatnonzero(full)
         for j, d in zip(fi, paired_bootstrap_many(a[:, fi], b[:, fi], confidence, n_resamples,
-                                                  seed), strict=True):
+                                                  seed, groups), strict=True):
             out[cols[j][0]] = d
     for j in np.flatnonzero(~full):
         rows = both[:, j]
-        out[cols[j][0]] = paired_bootstrap_many(a[rows, j:j + 1], b[rows, j:j + 1], confidence,
-                                                n_resamples, seed)[0]
+        out[cols[j][0]] = paired_bootstrap_many(
+            a[rows, j:j + 1], b[rows, j:j + 1], confidence, n_resamples, seed,
+            None if groups is None else groups[rows])[0]
     return out
 
 
 def _record_stats(run: RunResults, mask: np.ndarray, metrics: Sequence[str],
-                  confidence: float, n_resamples: int, seed: int
+                  confidence: float, n_resamples: int, seed: int, cluster: bool = False
                   ) -> dict[str, tuple[int, tuple[float, float, float]]]:
     """``{metric: (n, (mean, low, high))}`` over the masked records; metrics scored on every
     one of them share one resample draw."""
     if not metrics:
         return {}
     sub = run.scores[mask][:, [run.metrics.index(m) for m in metrics]]
+    groups = episodes(run, np.flatnonzero(mask)) if cluster else None
     finite = np.isfinite(sub)
     full = finite.all(axis=0)
     out: dict[str, tuple[int, tuple[float, float, float]]] = {}
     if sub.shape[0] and full.any():
         cols = np.flatnonzero(full)
-        for j, ci in zip(cols, mean_ci_many(sub[:, cols], confidence, n_resamples, seed),
-                         strict=True):
+        for j, ci in zip(cols, mean_ci_many(sub[:, cols], confidence, n_resamples, seed,
+                                            groups), strict=True):
             out[metrics[j]] = (int(sub.shape[0]), ci)
     for j in np.flatnonzero(~full):
-        col = sub[finite[:, j], j]
-        if col.size:
-            out[metrics[j]] = (int(col.size), mean_ci(col, confidence, n_resamples, seed))
+        kept = finite[:, j]
+        if kept.any():
+            out[metrics[j]] = (int(kept.sum()), mean_ci(
+                sub[kept, j], confidence, n_resamples, seed,
+                None if groups is None else groups[kept]))
     return out
 
 
@@ -512,10 +540,9 @@ def _summary_stats(run: RunResults, metric: str, field_name: str, value: Any
                    ) -> tuple[int, tuple[float, float, float]] | None:
     """A metric's interval from the summary (all questions, or one context length)."""
     part: Any = run.summary
-    if field_name == "docs":
-        part = (run.summary.get("by_docs") or {}).get(str(value))
-    elif field_name:
-        return None
+    if field_name:
+        groups = run.summary.get("by_docs" if field_name == "docs" else "by_category")
+        part = groups.get(str(value)) if isinstance(groups, Mapping) else None
     if not isinstance(part, Mapping):
         return None
     ci = _summary_ci(part, metric)
@@ -524,11 +551,14 @@ def _summary_stats(run: RunResults, metric: str, field_name: str, value: Any
 
 def evaluation_table(runs: Sequence[RunResults], base: int | None = 0,
                      metrics: Sequence[str] | None = None, confidence: float = CONFIDENCE,
-                     n_resamples: int = N_RESAMPLES, seed: int = SEED) -> list[dict[str, Any]]:
+                     n_resamples: int = N_RESAMPLES, seed: int = SEED,
+                     cluster: bool = False) -> list[dict[str, Any]]:
     """Rows of :data:`TABLE_COLUMNS`: for each group (all questions, then each context length
     and category when there are several), each run and each metric, the mean with its
     bootstrap interval and, for every run but the base (``runs[base]``; None: no base), the
-    paired difference against the base with its interval."""
+    paired difference against the base with its interval. ``cluster``: resample whole
+    episodes (the questions of one conversation) instead of single questions, for every
+    interval computed from records."""
     if base is not None and not 0 <= base < len(runs):
         raise CompareError(f"the base run must be one of the {len(runs)} compared runs")
     names = list(metrics) if metrics is not None else list(dict.fromkeys(
@@ -545,11 +575,12 @@ def evaluation_table(runs: Sequence[RunResults], base: int | None = 0,
             assert base is not None
             keep = masks[base][bi] & masks[i][oi]
             pairs[i] = _paired_diffs(runs[base], runs[i], bi[keep], oi[keep], names,
-                                     confidence, n_resamples, seed)
+                                     confidence, n_resamples, seed, cluster)
         for i, r in enumerate(runs):
             present = [m for m in names if m in r.metrics]
             if r.has_records:
-                stats = _record_stats(r, masks[i], present, confidence, n_resamples, seed)
+                stats = _record_stats(r, masks[i], present, confidence, n_resamples, seed,
+                                      cluster)
             else:
                 stats = {m: _summary_stats(r, m, field_name, value) for m in present}
             for metric in present:
@@ -792,23 +823,25 @@ def context_length_figure(runs: Sequence[RunResults], metric: str) -> Figure:
 def build_comparison(runs: Sequence[RunResults], base: int | None = 0,
                      metrics: Sequence[str] | None = None, differences_only: bool = True,
                      confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
-                     seed: int = SEED) -> dict[str, Any]:
+                     seed: int = SEED, cluster: bool = False) -> dict[str, Any]:
     """Everything the Compare tab shows, as JSON-ready data: the runs, the evaluation table,
     the config diff and each part's build time in seconds (``timings``)."""
     if not runs:
         raise CompareError("pick at least one run to compare")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    table = evaluation_table(runs, base, metrics, confidence, n_resamples, seed)
+    table = evaluation_table(runs, base, metrics, confidence, n_resamples, seed, cluster)
     timings["table"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     diff = config_diff({r.label: r.config for r in runs}, differences_only)
     timings["config_diff"] = time.perf_counter() - t0
     return {
         "runs": [{"label": r.label, "run_id": r.run_id, "n": len(r.keys),
+                  "episodes": len({k[0] if k[0] is not None else k[1] for k in r.keys}),
                   "metrics": r.metrics} for r in runs],
         "base": runs[base].label if base is not None else None,
         "confidence": confidence, "n_resamples": n_resamples, "seed": seed,
+        "cluster": cluster,
         "table": table, "config_diff": diff, "timings": timings,
     }
 
@@ -868,9 +901,10 @@ def report_html(comparison: Mapping[str, Any], figures: Mapping[str, Figure] | N
         f"<h1>{e(title)}</h1>",
         f"<p>Base run: <b>{e(str(comparison.get('base') or 'none'))}</b>. Intervals: "
         f"{round(float(comparison.get('confidence', CONFIDENCE)) * 100)}% percentile "
-        f"bootstrap, {comparison.get('n_resamples')} resamples, seed {comparison.get('seed')}; "
-        "differences are paired over the questions both runs answered; * marks a difference "
-        "whose interval excludes 0.</p>",
+        f"bootstrap, {comparison.get('n_resamples')} resamples, seed {comparison.get('seed')}"
+        + (", whole episodes resampled" if comparison.get("cluster") else "")
+        + "; differences are paired over the questions both runs answered; * marks a "
+        "difference whose interval excludes 0.</p>",
         "<h2>Evaluation</h2>",
         _html_table(DISPLAY_COLUMNS, display_rows(comparison.get("table", []))),
         "<h2>Settings that differ</h2>",
@@ -931,7 +965,7 @@ def _stored_records(store: RunSource) -> Callable[[int], list[dict[str, Any]]] |
 
 def compare_stored_runs(store: RunSource, run_ids: Sequence[int], base_id: int | None = None,
                         metrics: Sequence[str] | None = None, differences_only: bool = True,
-                        ) -> tuple[list[RunResults], dict[str, Any]]:
+                        cluster: bool = False) -> tuple[list[RunResults], dict[str, Any]]:
     """Load stored runs and compare them against ``base_id`` (default: the first run; it must
     be one of ``run_ids``). Returns the loaded runs and :func:`build_comparison`'s result,
     whose ``timings`` include ``load``."""
@@ -948,7 +982,7 @@ def compare_stored_runs(store: RunSource, run_ids: Sequence[int], base_id: int |
     else:
         raise CompareError(f"the base run #{base_id} is not among the compared runs "
                            f"({', '.join(f'#{i}' for i in ids)})")
-    comparison = build_comparison(runs, base, metrics, differences_only)
+    comparison = build_comparison(runs, base, metrics, differences_only, cluster=cluster)
     comparison["timings"] = {"load": load_s, **comparison["timings"]}
     comparison["base_id"] = ids[base]
     return runs, comparison

@@ -427,3 +427,90 @@ def test_exports(two_files: tuple[Path, Path]) -> None:
     assert "<script src=" not in page and "cdn.plot.ly" not in page.split("plotly.js v")[0]
     assert page.count("Plotly.newPlot") == 1 and len(page) > 1_000_000  # plotly.js inline
     assert "model.model" in page and "smollm2" in page
+
+
+# ----------------------------------------------------- episodes, categories, NaN files
+def direct_cluster_paired(a: np.ndarray, b: np.ndarray, clusters: list[str], seed: int = 0,
+                          n_resamples: int = 2000) -> tuple[float, float]:
+    """The cluster bootstrap written out: draw whole clusters, pool their questions."""
+    names = sorted(set(clusters))
+    members = [np.flatnonzero(np.array(clusters) == c) for c in names]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(names), size=(n_resamples, len(names)))
+    diffs = [float(np.mean(np.concatenate([(b - a)[members[g]] for g in row]))) for row in idx]
+    low, high = np.quantile(diffs, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def conversation_records(seed: int, accuracy: float) -> list[dict[str, Any]]:
+    """Eight conversations of 12 questions whose difficulty depends on the conversation."""
+    rng = np.random.default_rng(seed)
+    hard = np.random.default_rng(99).random(8)
+    out = []
+    for c in range(8):
+        for q in range(12):
+            ok = float(rng.random() < accuracy * 2 * hard[c])
+            out.append({"id": f"conv-{c}/q{q}", "episode_id": f"conv-{c}", "docs": None,
+                        "category": 1 + q % 2, "category_name": ["multi-hop", "temporal"][q % 2],
+                        "question": f"q{q}", "answers": ["a"], "prediction": "a" if ok else "b",
+                        "locomo_f1": ok, "bleu1": None if q == 0 else ok / 2})
+    return out
+
+
+def test_cluster_bootstrap_matches_a_direct_computation() -> None:
+    a_rec, b_rec = conversation_records(1, 0.3), conversation_records(2, 0.45)
+    a = np.array([r["locomo_f1"] for r in a_rec])
+    b = np.array([r["locomo_f1"] for r in b_rec])
+    clusters = [r["episode_id"] for r in a_rec]
+    got = paired_bootstrap(a, b, clusters=clusters)
+    assert (got.diff_low, got.diff_high) == pytest.approx(
+        direct_cluster_paired(a, b, clusters), abs=1e-12)
+    assert got.diff == paired_bootstrap(a, b).diff
+    # a gain made on three conversations only: the questions are not independent evidence
+    lifted = np.where(np.isin(np.array(clusters), ["conv-0", "conv-1", "conv-2"]), 1.0, a)
+    by_question = paired_bootstrap(a, lifted)
+    by_episode = paired_bootstrap(a, lifted, clusters=clusters)
+    assert by_episode.diff == by_question.diff
+    assert (by_episode.diff_high - by_episode.diff_low
+            > 1.5 * (by_question.diff_high - by_question.diff_low))
+    with pytest.raises(ValueError, match="labels for"):
+        paired_bootstrap(a, b, clusters=clusters[:-1])
+
+
+def test_table_resamples_episodes_and_names_categories() -> None:
+    a = results_from_data({"records": conversation_records(1, 0.3)}, "a")
+    b = results_from_data({"records": conversation_records(2, 0.45)}, "b")
+    assert a.metrics == ["locomo_f1", "bleu1"]
+    rows = evaluation_table([a, b], base=0, cluster=True)
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    assert groups == ["all", "category=1 (multi-hop)", "category=2 (temporal)"]
+    row = next(r for r in rows if r["group"] == "all" and r["run"] == "b"
+               and r["metric"] == "locomo_f1")
+    ea = np.array([r["locomo_f1"] for r in conversation_records(1, 0.3)])
+    eb = np.array([r["locomo_f1"] for r in conversation_records(2, 0.45)])
+    clusters = [r["episode_id"] for r in conversation_records(1, 0.3)]
+    assert (row["diff_low"], row["diff_high"]) == pytest.approx(
+        direct_cluster_paired(ea, eb, clusters), abs=1e-12)
+    bleu = next(r for r in rows if r["group"] == "all" and r["run"] == "b"
+                and r["metric"] == "bleu1")
+    assert bleu["n_paired"] == 88  # the first question of each conversation has no BLEU-1
+    comparison = build_comparison([a, b], cluster=True)
+    assert comparison["cluster"] and comparison["runs"][0]["episodes"] == 8
+    assert "whole episodes resampled" in report_html(comparison)
+
+
+def test_summary_only_categories_and_nan_in_results_file(tmp_path: Path) -> None:
+    summary = {"locomo_f1": 0.4, "locomo_f1_ci95": [0.3, 0.5], "n": 10,
+               "by_category": {"1": {"name": "multi-hop", "locomo_f1": 0.2,
+                                     "locomo_f1_ci95": [0.1, 0.3], "n": 4}}}
+    only = results_from_data({"summary": summary, "records": []}, "s")
+    full = results_from_data({"records": conversation_records(1, 0.3)}, "r")
+    rows = evaluation_table([full, only], base=0, metrics=["locomo_f1"])
+    cat = next(r for r in rows if r["run"] == "s" and r["group"].startswith("category=1"))
+    assert (cat["mean"], cat["ci_low"], cat["n"]) == (0.2, 0.1, 4)
+    path = tmp_path / "nan" / "results.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"summary": {"boxed_rate": math.nan},
+                                "records": [{"id": "a", "em": 1.0}]}))
+    assert "NaN" in path.read_text()
+    assert load_results(path).metrics == ["em"]

@@ -97,6 +97,10 @@ def test_compare_runs_gives_the_script_numbers(client: Client, store: RunStore,
     assert [d["key"] for d in data["config_diff"]] == ["model.model"]
     every = client.predict([base, trained], None, None, False, api_name="/compare_runs")
     assert "data.limit" in [d["key"] for d in every["config_diff"]]
+    by_episode = client.predict([base, trained], base, None, True, True,
+                                api_name="/compare_runs")
+    assert by_episode["cluster"] and not data["cluster"]
+    assert by_episode["runs"][0]["episodes"] == 120  # one question per document haystack
     only_f1 = client.predict([base, trained], None, ["f1"], api_name="/compare_runs")
     assert {r["metric"] for r in only_f1["table"]} == {"f1"}
 

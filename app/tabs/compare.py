@@ -70,9 +70,16 @@ def summary_markdown(comparison: dict[str, Any]) -> str:
     parts = [f"**{len(runs)} run(s)**, base **{comparison.get('base') or 'none'}**."]
     parts.append(" · ".join(f"{r['label']}: {r['n']} records" if r["n"] else
                             f"{r['label']}: summary only" for r in runs))
-    parts.append("Intervals: 95% percentile bootstrap (2,000 resamples); differences paired "
-                 "over the questions both runs answered; `*` marks a difference whose interval "
-                 "excludes 0.")
+    parts.append("Intervals: 95% percentile bootstrap (2,000 resamples"
+                 + (", whole episodes resampled" if comparison.get("cluster") else "")
+                 + "); differences paired over the questions both runs answered; `*` marks a "
+                 "difference whose interval excludes 0.")
+    grouped = [r for r in runs if r["n"] and r["episodes"] < r["n"]]
+    if grouped and not comparison.get("cluster"):
+        parts.append("Questions come in episodes here (" + ", ".join(
+            f"{r['label']}: {r['n']} in {r['episodes']}" for r in grouped) + "): questions "
+            "about one conversation are not independent, so *Resample whole episodes* gives "
+            "the honest, wider intervals.")
     t = comparison["timings"]
     parts.append(f"<small>built in {sum(t.values()) * 1000:.0f} ms</small>")
     return "\n\n".join(parts)
@@ -103,8 +110,10 @@ def create_compare_tab(store: RunStore) -> dict[str, Any]:
                               scale=4, elem_id="compare-runs")
         base_dd = gr.Dropdown([], value=None, label="Base run", scale=2,
                               elem_id="compare-base")
-        diff_only = gr.Checkbox(True, label="Differences only", scale=1,
-                                elem_id="compare-diff-only")
+        with gr.Column(scale=1, min_width=160):
+            diff_only = gr.Checkbox(True, label="Differences only", elem_id="compare-diff-only")
+            cluster = gr.Checkbox(False, label="Resample whole episodes",
+                                  elem_id="compare-cluster")
     summary = gr.Markdown("Pick runs to compare.", elem_id="compare-summary")
     table = gr.Dataframe(table_frame([], compare.DISPLAY_COLUMNS), interactive=False,
                          label="Evaluation", max_height=420, wrap=True,
@@ -193,7 +202,8 @@ def create_compare_tab(store: RunStore) -> dict[str, Any]:
                 gr.update(choices=labels, value=note_v))
 
     def build(selected: list[int], base: int | None, differences_only: bool,
-              metric: str | None, smoothing_value: float) -> tuple[Any, ...]:
+              by_episode: bool, metric: str | None, smoothing_value: float
+              ) -> tuple[Any, ...]:
         ids = _ints(selected)
         if not ids:
             empty = empty_figure("Pick runs to compare")
@@ -203,7 +213,7 @@ def create_compare_tab(store: RunStore) -> dict[str, Any]:
         try:
             runs, comparison = compare.compare_stored_runs(
                 store, ids, base if base is not None and int(base) in ids else None,
-                None, bool(differences_only))
+                None, bool(differences_only), bool(by_episode))
         except MemFactoryError as err:
             empty = empty_figure("No comparison")
             return (f"**Cannot compare.** {err}", table_frame([], compare.DISPLAY_COLUMNS),
@@ -279,14 +289,15 @@ def create_compare_tab(store: RunStore) -> dict[str, Any]:
             return f"**Not saved.** {err}"
         return f"Saved tags and notes of run #{int(run_id)}."
 
-    def export(fmt: str, selected: list[int], base: int | None) -> Any:
+    def export(fmt: str, selected: list[int], base: int | None, by_episode: bool) -> Any:
         ids = _ints(selected)
         if not ids:
             gr.Warning("Pick runs to compare first.")
             return None
         try:
             runs, comparison = compare.compare_stored_runs(
-                store, ids, base if base is not None and int(base) in ids else None)
+                store, ids, base if base is not None and int(base) in ids else None,
+                cluster=bool(by_episode))
         except MemFactoryError as err:
             gr.Warning(str(err))
             return None
@@ -307,7 +318,7 @@ def create_compare_tab(store: RunStore) -> dict[str, Any]:
     # ------------------------------------------------------------------ wiring
     filters = [kind_f, status_f, pipeline_f, tag_f, runs_dd, seen]
     list_outputs = [runs_dd, status_f, pipeline_f, tag_f, seen]
-    build_inputs = [runs_dd, base_dd, diff_only, metric_dd, smoothing]
+    build_inputs = [runs_dd, base_dd, diff_only, cluster, metric_dd, smoothing]
     build_outputs = [summary, table, diff, parallel, curves, lengths, metric_dd]
     q_inputs = [base_dd, other_dd, metric_dd]
     q_outputs = [q_summary, wins, losses, questions_state, traces]
@@ -316,7 +327,7 @@ def create_compare_tab(store: RunStore) -> dict[str, Any]:
     timer.tick(list_choices, filters, list_outputs, **QUIET)
     runs_dd.change(on_runs, [runs_dd, base_dd, other_dd, note_run],
                    [base_dd, other_dd, note_run], **QUIET)
-    for trigger in (runs_dd.change, base_dd.change, diff_only.change):
+    for trigger in (runs_dd.change, base_dd.change, diff_only.change, cluster.change):
         trigger(build, build_inputs, build_outputs, trigger_mode="always_last", **QUIET)
     metric_dd.input(build, build_inputs, build_outputs, trigger_mode="always_last", **QUIET)
     smoothing.release(build, build_inputs, build_outputs, **QUIET)
@@ -334,10 +345,11 @@ def create_compare_tab(store: RunStore) -> dict[str, Any]:
     save_btn.click(save_notes, [note_run, tags_box, notes_box], note_msg, **QUIET).then(
         list_choices, filters, list_outputs, **QUIET)
     for btn, fmt in ((csv_btn, "csv"), (json_btn, "json"), (html_btn, "html")):
-        btn.click(lambda s, b, fmt=fmt: export(fmt, s, b), [runs_dd, base_dd], export_file,
-                  **QUIET)
+        btn.click(lambda s, b, c, fmt=fmt: export(fmt, s, b, c), [runs_dd, base_dd, cluster],
+                  export_file, **QUIET)
     return {"kind": kind_f, "status": status_f, "pipeline": pipeline_f, "tag": tag_f,
-            "runs": runs_dd, "base": base_dd, "diff_only": diff_only, "summary": summary,
+            "runs": runs_dd, "base": base_dd, "diff_only": diff_only, "cluster": cluster,
+            "summary": summary,
             "table": table, "diff": diff, "metric": metric_dd, "parallel": parallel,
             "curves": curves, "lengths": lengths, "other": other_dd, "wins": wins,
             "losses": losses, "traces": traces, "note_run": note_run, "tags": tags_box,

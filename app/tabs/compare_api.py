@@ -35,24 +35,26 @@ def register_api(ctx: "AppContext") -> None:
     store = ctx.store
 
     def _compare(run_ids: list[int], base_id: int | None, metrics: list[str] | None,
-                 differences_only: bool = True) -> tuple[list[Any], dict[str, Any]]:
+                 differences_only: bool = True, cluster: bool = False
+                 ) -> tuple[list[Any], dict[str, Any]]:
         try:
             return compare.compare_stored_runs(
                 store, _ids(run_ids), None if base_id is None else _ids(base_id, "base_id")[0],
-                metrics or None, bool(differences_only))
+                metrics or None, bool(differences_only), bool(cluster))
         except MemFactoryError as err:
             raise gr.Error(str(err), print_exception=False) from None
 
     def compare_runs(run_ids: list[int], base_id: int | None = None,
-                     metrics: list[str] | None = None,
-                     differences_only: bool = True) -> dict[str, Any]:
+                     metrics: list[str] | None = None, differences_only: bool = True,
+                     cluster: bool = False) -> dict[str, Any]:
         """Compare stored runs against ``base_id`` (default: the first): ``table`` (each
         metric's mean and 95% CI; against the base, the paired bootstrap difference,
         relative difference, their CIs, ``n_paired`` and ``significant``; per context
         length and category where the results have several), ``config_diff`` (settings that
         differ, dotted; all of them with ``differences_only`` false), ``runs``,
-        ``timings``. NaN is null, infinities are the strings "inf" / "-inf"."""
-        _, comparison = _compare(run_ids, base_id, metrics, differences_only)
+        ``timings``. ``cluster``: resample whole episodes (conversations) rather than single
+        questions. NaN is null, infinities are the strings "inf" / "-inf"."""
+        _, comparison = _compare(run_ids, base_id, metrics, differences_only, cluster)
         return compare.jsonable(comparison)
 
     def compare_questions(base_id: int, run_id: int, metric: str,
@@ -71,13 +73,13 @@ def register_api(ctx: "AppContext") -> None:
         return compare.jsonable(view)
 
     def compare_export(run_ids: list[int], base_id: int | None = None,
-                       format: str = "csv") -> str:
+                       format: str = "csv", cluster: bool = False) -> str:
         """The comparison as text: ``csv`` (the evaluation table), ``json`` (everything) or
         ``html`` (a standalone report with the figures, plotly.js inlined)."""
         if format not in EXPORT_FORMATS:
             raise gr.Error(f"format must be one of {', '.join(EXPORT_FORMATS)}, not "
                            f"{format!r}", print_exception=False)
-        runs, comparison = _compare(run_ids, base_id, None)
+        runs, comparison = _compare(run_ids, base_id, None, True, cluster)
         if format == "csv":
             return compare.table_csv(comparison["table"])
         if format == "json":

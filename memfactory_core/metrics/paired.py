@@ -90,17 +90,30 @@ def resample_counts(n: int, n_resamples: int = 2000, seed: int = 0) -> np.ndarra
     return counts
 
 
-def resampled_means(columns: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> np.ndarray:
+def resampled_means(columns: np.ndarray, n_resamples: int = 2000, seed: int = 0,
+                    clusters: Sequence[Any] | np.ndarray | None = None) -> np.ndarray:
     """Bootstrap means of each column of an ``(n, k)`` array: ``(n_resamples, k)``, every
-    column resampled with the same question indices (that is what pairs them)."""
+    column resampled with the same question indices (that is what pairs them).
+
+    With ``clusters`` (one label per row: the conversation or document a question belongs
+    to), whole clusters are resampled instead of single rows (the cluster bootstrap: questions
+    about one conversation are not independent), and each resample's mean is over the rows
+    it drew."""
     data = np.asarray(columns, dtype=np.float64)
     if data.ndim == 1:
         data = data[:, None]
     n = data.shape[0]
     if not np.all(np.isfinite(data)):
         raise ValueError("resampled_means got a NaN or infinite value")
-    counts = resample_counts(n, n_resamples, seed)
-    return (counts @ data) / n
+    if clusters is None:
+        return (resample_counts(n, n_resamples, seed) @ data) / n
+    labels = np.asarray(clusters, dtype=object).reshape(-1)
+    if labels.size != n:
+        raise ValueError(f"clusters: {labels.size} labels for {n} rows")
+    _, which = np.unique(labels.astype(str), return_inverse=True)
+    counts = resample_counts(int(which.max()) + 1, n_resamples, seed)[:, which]
+    drawn = counts.sum(axis=1, keepdims=True)
+    return (counts @ data) / drawn
 
 
 def _interval(values: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
@@ -116,15 +129,17 @@ def _check(confidence: float) -> None:
 
 
 def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95,
-            n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+            n_resamples: int = 2000, seed: int = 0,
+            clusters: Sequence[Any] | np.ndarray | None = None) -> tuple[float, float, float]:
     """``(mean, low, high)``: the same numbers as ``stats.bootstrap_ci`` (to rounding),
-    from cached resample counts."""
+    from cached resample counts; ``clusters``: see :func:`resampled_means`."""
     data = np.asarray(values, dtype=np.float64).reshape(-1, 1)
-    return mean_ci_many(data, confidence, n_resamples, seed)[0]
+    return mean_ci_many(data, confidence, n_resamples, seed, clusters)[0]
 
 
 def mean_ci_many(columns: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000,
-                 seed: int = 0) -> list[tuple[float, float, float]]:
+                 seed: int = 0, clusters: Sequence[Any] | np.ndarray | None = None
+                 ) -> list[tuple[float, float, float]]:
     """:func:`mean_ci` of each column of an ``(n, k)`` array, one resample draw for all."""
     _check(confidence)
     data = np.asarray(columns, dtype=np.float64)
@@ -135,7 +150,7 @@ def mean_ci_many(columns: np.ndarray, confidence: float = 0.95, n_resamples: int
     constant = np.all(data == data[0], axis=0)
     if n == 1 or constant.all():
         return [(float(m), float(m), float(m)) for m in means]
-    low, high = _interval(resampled_means(data, n_resamples, seed), confidence)
+    low, high = _interval(resampled_means(data, n_resamples, seed, clusters), confidence)
     return [(float(m), float(m), float(m)) if c else (float(m), float(lo), float(hi))
             for m, c, lo, hi in zip(means, constant, low, high, strict=True)]
 
@@ -155,17 +170,20 @@ def relative_change(diff: np.ndarray | float, base: np.ndarray | float) -> np.nd
 
 
 def paired_bootstrap(base: Sequence[float] | np.ndarray, other: Sequence[float] | np.ndarray,
-                     confidence: float = 0.95, n_resamples: int = 2000,
-                     seed: int = 0) -> PairedDiff:
+                     confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0,
+                     clusters: Sequence[Any] | np.ndarray | None = None) -> PairedDiff:
     """Paired percentile bootstrap of ``mean(other) - mean(base)`` and of the relative change,
-    over questions given in the same order in both sequences."""
+    over questions given in the same order in both sequences (``clusters``: resample whole
+    groups of questions, see :func:`resampled_means`)."""
     return paired_bootstrap_many(np.asarray(base, dtype=np.float64).reshape(-1, 1),
                                  np.asarray(other, dtype=np.float64).reshape(-1, 1),
-                                 confidence, n_resamples, seed)[0]
+                                 confidence, n_resamples, seed, clusters)[0]
 
 
 def paired_bootstrap_many(base: np.ndarray, other: np.ndarray, confidence: float = 0.95,
-                          n_resamples: int = 2000, seed: int = 0) -> list[PairedDiff]:
+                          n_resamples: int = 2000, seed: int = 0,
+                          clusters: Sequence[Any] | np.ndarray | None = None
+                          ) -> list[PairedDiff]:
     """:func:`paired_bootstrap` of ``k`` metrics at once: ``base`` and ``other`` are
     ``(n, k)`` arrays (row i: question i in both), one resample draw for all of them."""
     _check(confidence)
@@ -183,7 +201,7 @@ def paired_bootstrap_many(base: np.ndarray, other: np.ndarray, confidence: float
         raise ValueError("paired_bootstrap got a NaN or infinite score")
     base_means = a.mean(axis=0)
     other_means = b.mean(axis=0)
-    means = resampled_means(np.concatenate([a, b - a], axis=1), n_resamples, seed)
+    means = resampled_means(np.concatenate([a, b - a], axis=1), n_resamples, seed, clusters)
     diff_low, diff_high = _interval(means[:, k:], confidence)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.clip(relative_change(means[:, k:], means[:, :k]), -_HUGE, _HUGE)
