@@ -674,55 +674,42 @@ def question_rows(items: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
              f"{it['delta']:+.3g}"] for it in items]
 
 
-def _short(text: Any, limit: int = 4000) -> str:
-    s = text if isinstance(text, str) else json.dumps(text, ensure_ascii=False, default=str)
-    return s if len(s) <= limit else s[:limit] + f"… ({len(s) - limit} more characters)"
+SIDE_BY_SIDE_CSS = (".mf-side{display:flex;gap:12px;align-items:flex-start}"
+                    ".mf-side>div{flex:1;min-width:0}")
 
 
-def trace_html(trace: Mapping[str, Any] | None, title: str = "") -> str:
-    """A rollout trace as HTML: one block per step (component, output, memory after it; the
-    prompt folded), every text escaped."""
-    e = html.escape
-    parts = [f"<div class='mf-trace'><h4>{e(title)}</h4>"] if title else ["<div class='mf-trace'>"]
-    steps = (trace or {}).get("steps") or []
-    if not steps:
-        parts.append("<p><i>No trace recorded.</i></p></div>")
-        return "".join(parts)
-    for i, step in enumerate(steps):
-        head = f"{i + 1}. {step.get('lane', '')} · {step.get('component', '')}"
-        if step.get("unit") is not None:
-            head += f" · unit {step['unit']}"
-        parts.append(f"<div class='mf-step'><b>{e(head)}</b>")
-        prompt = step.get("prompt")
-        if prompt:
-            text = "\n\n".join(f"[{m.get('role', '')}] {m.get('content', '')}"
-                               for m in prompt if isinstance(m, Mapping)) \
-                if isinstance(prompt, list) else prompt
-            parts.append(f"<details><summary>prompt</summary><pre>{e(_short(text))}</pre>"
-                         "</details>")
-        if step.get("output") is not None:
-            parts.append(f"<div>output</div><pre>{e(_short(step['output'], 2000))}</pre>")
-        if step.get("memory_after") is not None:
-            parts.append(f"<div>memory after</div><pre>{e(_short(step['memory_after'], 2000))}"
-                         "</pre>")
-        parts.append("</div>")
-    parts.append("</div>")
-    return "".join(parts)
-
-
-TRACE_CSS = (".mf-side{display:flex;gap:12px;align-items:flex-start}"
-             ".mf-side>div{flex:1;min-width:0}.mf-trace pre{white-space:pre-wrap;"
-             "font-size:12px;max-height:260px;overflow:auto;background:#f6f6f6;padding:4px}"
-             ".mf-step{border-top:1px solid #ddd;padding:4px 0}")
+def record_view(run: RunResults, key: RecordKey) -> dict[str, Any] | None:
+    """One record of a run as the trace viewer's header shows it: question, expected
+    answers, prediction and scores."""
+    where = run.index().get(tuple(key))
+    if where is None:
+        return None
+    view = dict(run.records[where])
+    for j, m in enumerate(run.metrics):
+        if math.isfinite(run.scores[where, j]):
+            view[m] = float(run.scores[where, j])
+    return view
 
 
 def traces_side_by_side(base_trace: Mapping[str, Any] | None,
                         other_trace: Mapping[str, Any] | None, base_label: str,
-                        other_label: str) -> str:
-    """Two traces of the same question in two columns."""
-    return (f"<style>{TRACE_CSS}</style><div class='mf-side'>"
-            f"<div>{trace_html(base_trace, base_label)}</div>"
-            f"<div>{trace_html(other_trace, other_label)}</div></div>")
+                        other_label: str, base_record: Mapping[str, Any] | None = None,
+                        other_record: Mapping[str, Any] | None = None) -> str:
+    """Two traces of the same question in two columns, drawn by the workbench's trace
+    viewer (with each run's question, answers, prediction and scores above its trace)."""
+    from app.trace_view import CSS, trace_html
+
+    def column(trace: Mapping[str, Any] | None, label: str,
+               record: Mapping[str, Any] | None) -> str:
+        body = trace_html(dict(trace) if trace else None,
+                          dict(record) if record else None, title=label)
+        if not trace:  # the viewer's empty state has no title: name the run anyway
+            body = f"<h4>{html.escape(label)}</h4>{body}"
+        return f"<div>{body}</div>"
+
+    return (f"<style>{CSS}{SIDE_BY_SIDE_CSS}</style><div class='mf-side'>"
+            f"{column(base_trace, base_label, base_record)}"
+            f"{column(other_trace, other_label, other_record)}</div>")
 
 
 # ------------------------------------------------------------------------- figures

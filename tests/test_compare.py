@@ -31,11 +31,11 @@ from app.compare import (
     parse_tags,
     pick_runs,
     question_diffs,
+    record_view,
     report_html,
     results_from_data,
     run_results,
     table_csv,
-    trace_html,
     traces_side_by_side,
 )
 from jobs.store import RunStore
@@ -377,15 +377,19 @@ def test_question_diffs_list_wins_and_losses() -> None:
         question_diffs(a, b, "bleu1")
 
 
-def test_trace_html_escapes_and_sits_side_by_side() -> None:
-    trace = {"steps": [{"lane": "query", "component": "answerer", "unit": 0,
+def test_traces_side_by_side_with_their_records() -> None:
+    trace = {"steps": [{"lane": "query", "slot": 0, "component": "answerer", "unit": 0,
                         "prompt": [{"role": "user", "content": "<script>x</script>"}],
-                        "output": "<b>boxed</b>", "memory_after": "notes & more"}]}
-    out = trace_html(trace, "run <1>")
-    assert "<script>x" not in out and "&lt;script&gt;x" in out and "notes &amp; more" in out
-    assert "run &lt;1&gt;" in out
-    both = traces_side_by_side(trace, None, "base", "trained")
-    assert both.count("class='mf-trace'") == 2 and "No trace recorded" in both
+                        "output": "<b>boxed</b>", "memory_before": "notes",
+                        "memory_after": "notes & more"}], "answer": "boxed"}
+    run = results_from_data({"records": make_records(3, 2.0, 1)}, "r")  # all correct
+    record = record_view(run, run.keys[1])
+    assert record is not None and record["question"] == "Question 1?" and record["em"] == 1.0
+    assert record_view(run, ("nope", "x", None, None)) is None
+    both = traces_side_by_side(trace, None, "run <1>", "trained", record, None)
+    assert "<script>x" not in both and "&lt;script&gt;x" in both
+    assert both.count("class='mf-trace") == 2 and "run &lt;1&gt;" in both
+    assert "Question 1?" in both and "<h4>trained</h4>" in both  # a missing trace is named
 
 
 # -------------------------------------------------------------- figures and exports

@@ -8,6 +8,7 @@ Callbacks are thin: :mod:`app.compare` builds every table and figure.
 
 from __future__ import annotations
 
+import html
 import tempfile
 import time
 from collections.abc import Sequence
@@ -267,9 +268,13 @@ def create_compare_tab(store: RunStore) -> dict[str, Any]:
         try:
             base_trace = compare.load_traces(base_path).get(key)
             other_trace = compare.load_traces(other_path).get(key)
+            base_run = compare.load_results(base_path)
+            other_run = compare.load_results(other_path)
         except MemFactoryError as err:
-            return f"<p>{err}</p>"
-        return compare.traces_side_by_side(base_trace, other_trace, base_label, other_label)
+            return f"<p>{html.escape(str(err))}</p>"
+        return compare.traces_side_by_side(
+            base_trace, other_trace, base_label, other_label,
+            compare.record_view(base_run, key), compare.record_view(other_run, key))
 
     def load_notes(run_id: int | None) -> tuple[str, str]:
         if run_id is None:
