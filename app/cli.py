@@ -167,14 +167,14 @@ def train(
         StopCallback,
     )
     from memfactory_core.training.config import TrainConfig
-    from memfactory_core.training.trainer import GRPOTrainer
+    from memfactory_core.training.reranker_trainer import build_trainer
 
     cfg = load_config(config, list(overrides or []), TrainConfig)
     stop = StopCallback()
     callbacks = [ConsoleCallback(enabled=not quiet), JsonlCallback(), stop]
     if cfg.report_to:
         callbacks.append(ReportToCallback(cfg.report_to))
-    trainer = GRPOTrainer(cfg, callbacks)
+    trainer = build_trainer(cfg, callbacks)
 
     def _on_sigint(signum: int, frame: object) -> None:
         if stop.requested:

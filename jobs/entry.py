@@ -227,7 +227,8 @@ def run_train(run: Run, store: RunStore, control: RunControl, sink: StoreSink
     from memfactory_core.config import validate_config
     from memfactory_core.training.callbacks import JsonlCallback, ReportToCallback
     from memfactory_core.training.config import TrainConfig
-    from memfactory_core.training.trainer import GRPOTrainer, latest_checkpoint
+    from memfactory_core.training.reranker_trainer import build_trainer
+    from memfactory_core.training.trainer import latest_checkpoint
 
     cfg = validate_config(run.config, TrainConfig, source=f"run {run.id} config")
     ckpt = latest_checkpoint(cfg.output_dir)
@@ -239,7 +240,7 @@ def run_train(run: Run, store: RunStore, control: RunControl, sink: StoreSink
     if cfg.report_to:
         callbacks.append(ReportToCallback(cfg.report_to))
     with control.interruptible():
-        trainer = GRPOTrainer(cfg, callbacks)
+        trainer = build_trainer(cfg, callbacks)
     result = trainer.train()
     last = result["last_metrics"]
     best = store.best_metric([run.id])[run.id]

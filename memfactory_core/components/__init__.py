@@ -21,11 +21,15 @@ from memfactory_core.components.base import (
     registry,
 )
 from memfactory_core.components.chunker import TokenChunker
+from memfactory_core.components.citing_generator import CitingGenerator
 from memfactory_core.components.conversation import SessionSegmenter, TurnSegmenter
 from memfactory_core.components.facts import FactExtractor, GivenFacts
 from memfactory_core.components.memory_manager import MemoryManager, parse_ops
 from memfactory_core.components.memory_writer import MemoryWriter
+from memfactory_core.components.reflection import ProspectiveReflection
+from memfactory_core.components.reranker import Reranker
 from memfactory_core.components.retriever import Retriever
+from memfactory_core.components.topic_retriever import TopicRetriever
 
 __all__ = [
     "EPISODE_PORTS",
@@ -33,6 +37,7 @@ __all__ = [
     "AddAllWriter",
     "AnswerAgent",
     "BoxedAnswerer",
+    "CitingGenerator",
     "Component",
     "ComponentContext",
     "FactExtractor",
@@ -41,6 +46,8 @@ __all__ = [
     "MemoryManager",
     "MemoryWriter",
     "Port",
+    "ProspectiveReflection",
+    "Reranker",
     "Retriever",
     "RolloutState",
     "Segmenter",
@@ -48,6 +55,7 @@ __all__ = [
     "Stage",
     "StepResult",
     "TokenChunker",
+    "TopicRetriever",
     "TurnSegmenter",
     "describe",
     "get_component",

@@ -20,6 +20,7 @@ from memfactory_core.memory.base import (
     register_memory,
 )
 from memfactory_core.memory.text import TextMemory, TextMemoryParams
+from memfactory_core.memory.topic import TopicEntry, TopicMemory, TopicParams
 
 __all__ = [
     "BankEntry",
@@ -35,6 +36,9 @@ __all__ = [
     "OpKind",
     "TextMemory",
     "TextMemoryParams",
+    "TopicEntry",
+    "TopicMemory",
+    "TopicParams",
     "create_memory",
     "get_memory_type",
     "memory_types",

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from memfactory_core.eval.config import DataConfig, GenerationConfig, PipelineRunConfig
+from memfactory_core.rerank.config import RerankerTrainingConfig
 from memfactory_core.training.memory_r1_config import MemoryR1Options
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
@@ -129,6 +130,10 @@ class TrainConfig(PipelineRunConfig):
     device: str | None = Field(None, description="cpu, cuda, ... (None: cuda when available).")
     rollout_backend: Literal["transformers", "vllm"] = "transformers"
     vllm_options: dict[str, Any] = Field(default_factory=dict)
+    reranker: RerankerTrainingConfig | None = Field(
+        None, description="Train the pipeline's reranker (a torch module, RMM) instead of an "
+        "LLM policy: REINFORCE or GRPO over sampled top-M subsets.",
+    )
     memory_r1: MemoryR1Options | None = Field(
         None, description="Train Memory-R1's memory manager or answer agent on one-step "
         "samples (see memfactory_core.training.memory_r1).",

@@ -1,0 +1,386 @@
+"""Training of RMM's reranker (a torch module) with REINFORCE or GRPO over sampled subsets.
+
+A training config with a ``reranker`` section trains the pipeline's reranker slot instead of
+an LLM policy, through the same callbacks (``metrics.jsonl``, samples, the run store's sink,
+trackers), checkpoint folders (``checkpoint-N/`` with ``trainer_state.json``), resume and
+stop requests as :class:`~memfactory_core.training.trainer.GRPOTrainer`.
+
+Each episode's memory is built once by the ingest lane, and each question's top-K candidates
+once by the retriever; a step samples top-M subsets for ``questions_per_step`` questions,
+rewards each selected memory (evidence overlap, the generator's citations, or a mix) and
+updates the module.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from memfactory_core.components.base import Port, RolloutState
+from memfactory_core.components.reranker import CandidateEmbeddings, candidate_tensors
+from memfactory_core.components.retriever import Retriever
+from memfactory_core.data.episode import Episode
+from memfactory_core.errors import MemFactoryError
+from memfactory_core.eval.runner import (
+    BackendLoader,
+    build_runtime,
+    default_loader,
+    resolve_pipeline,
+)
+from memfactory_core.rerank.candidates import (
+    Query,
+    build_memories,
+    evidence_hits,
+    make_component,
+    query_slots,
+    recall_at,
+    retrieve_queries,
+)
+from memfactory_core.rerank.config import RerankerTrainingConfig
+from memfactory_core.rerank.module import (
+    WEIGHTS_FILE,
+    RerankerModule,
+    Selection,
+    load_reranker,
+    save_reranker,
+    select_top_m,
+)
+from memfactory_core.training.callbacks import TrainingCallback, TrainState
+from memfactory_core.training.config import TrainConfig
+from memfactory_core.training.trainer import CHECKPOINT_PREFIX, CONFIG_FILE, latest_checkpoint
+
+
+def load_state(file: Path) -> Any:
+    """Optimizer or RNG state saved by :meth:`RerankerTrainer.save_checkpoint`: tensors and
+    plain values only (anything else is refused)."""
+    import pickle
+
+    try:
+        return torch.load(file, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        raise MemFactoryError(f"checkpoint file {file} is refused: it is damaged or holds "
+                              f"objects other than tensors ({type(exc).__name__})") from None
+
+
+def load_training_episodes(config: TrainConfig) -> list[Episode]:
+    """The conversations a reranker training config names."""
+    from memfactory_core.data.loaders import load_episodes
+
+    d = config.data
+    if d.path is None:
+        raise MemFactoryError("data.path: reranker training reads a conversation data file "
+                              "(LoCoMo or LongMemEval format)")
+    return load_episodes(d.path, format=d.format, limit=d.limit, seed=d.seed,
+                         exclude_ids=d.exclude_ids(), **d.load_options())
+
+
+def subset_rewards(hits: list[bool] | None, cited: list[bool] | None,
+                   rc: RerankerTrainingConfig) -> list[float]:
+    """Per selected memory: +1 / -1 for evidence overlap, citation, or their weighted mix."""
+    ev = [1.0 if h else -1.0 for h in hits] if hits is not None else None
+    ci = [1.0 if c else -1.0 for c in cited] if cited is not None else None
+    if rc.reward == "evidence":
+        assert ev is not None
+        return ev
+    if rc.reward == "citation":
+        assert ci is not None
+        return ci
+    assert ev is not None and ci is not None
+    total = rc.evidence_weight + rc.citation_weight
+    return [(rc.evidence_weight * e + rc.citation_weight * c) / total
+            for e, c in zip(ev, ci, strict=True)]
+
+
+def reinforce_loss(sel: Selection, rewards: list[list[float]], baseline: float
+                   ) -> torch.Tensor:
+    """RMM's REINFORCE: each pick's log-probability weighted by its reward minus the
+    baseline, averaged over the picks (``rewards[i][j]``: query i's j-th pick)."""
+    adv = torch.zeros_like(sel.log_probs)
+    for i, rs in enumerate(rewards):
+        adv[i, : len(rs)] = torch.tensor(rs, dtype=adv.dtype) - baseline
+    valid = sel.valid.to(sel.log_probs.dtype)
+    return -(adv * sel.log_probs * valid).sum() / valid.sum().clamp(min=1.0)
+
+
+def grpo_subset_loss(sels: list[Selection], rewards: list[list[list[float]]]) -> torch.Tensor:
+    """GRPO over sampled subsets: ``sels[g]`` is sample g of every query, ``rewards[g][i]``
+    its per-memory rewards; a subset's reward is their mean, its advantage that reward
+    normalised within the query's group, applied to the subset's log-probability."""
+    totals = torch.tensor([[float(np.mean(r)) if r else 0.0 for r in g] for g in rewards])
+    mean, std = totals.mean(dim=0, keepdim=True), totals.std(dim=0, keepdim=True)
+    adv = (totals - mean) / (std + 1e-4)  # (G, B)
+    logp = torch.stack([(s.log_probs * s.valid).sum(dim=1) for s in sels])  # (G, B)
+    return -(adv * logp).mean()
+
+
+class RerankerTrainer:
+    """REINFORCE (with a baseline) or GRPO training of a pipeline's reranker slot."""
+
+    def __init__(self, config: TrainConfig, callbacks: Sequence[TrainingCallback] = (),
+                 episodes: Sequence[Episode] | None = None,
+                 loader: BackendLoader = default_loader) -> None:
+        if config.reranker is None:
+            raise MemFactoryError("this config has no reranker section")
+        self.config = config
+        self.rc: RerankerTrainingConfig = config.reranker
+        self.callbacks = list(callbacks)
+        self.output_dir = Path(config.output_dir)
+        self.step = 0
+        random.seed(config.seed)
+        torch.manual_seed(config.seed)
+        pipeline = resolve_pipeline(config)
+        retriever_slot, reranker_slot, answer_slot = query_slots(pipeline)
+        if self.rc.needs_generator and (answer_slot is None
+                                        or answer_slot.cls.name != "citing_generator"):
+            raise MemFactoryError(
+                f"reranker.reward {self.rc.reward!r} needs a citing_generator in the "
+                "pipeline's query lane")
+        self.runtime = build_runtime(config, pipeline, loader)
+        self.sampling = config.generation.sampling()
+        retriever = make_component(retriever_slot, self.runtime, self.sampling)
+        assert isinstance(retriever, Retriever)
+        rparams = reranker_slot.params
+        self.top_m: int = rparams.top_m  # type: ignore[attr-defined]
+        self.temperature: float = self.rc.temperature or rparams.temperature  # type: ignore[attr-defined]
+        self.generator = (make_component(answer_slot, self.runtime, self.sampling)
+                          if self.rc.needs_generator and answer_slot is not None else None)
+        t0 = time.perf_counter()
+        eps = list(episodes) if episodes is not None else load_training_episodes(config)
+        if not eps:
+            raise MemFactoryError("no training conversations: check data.path and its filters")
+        self.memories = build_memories(self.runtime, eps, self.sampling)
+        self.queries: list[Query] = retrieve_queries(
+            retriever, eps, self.memories, need_evidence=self.rc.reward != "citation")
+        self.queries = [q for q in self.queries if q.candidates]
+        if not self.queries:
+            raise MemFactoryError("no training question has retrieved candidates (and, for "
+                                  "the evidence reward, evidence turn ids)")
+        embedder_name = getattr(rparams, "embedder", None)
+        memory = next(iter(self.memories.values()))
+        embedder = (self.runtime.resources.embedder(embedder_name) if embedder_name
+                    else getattr(getattr(memory, "index", None), "embedder", None))
+        if embedder is None:
+            raise MemFactoryError("the reranker needs an embedding model: the memory has none "
+                                  "(embedder: none) and the reranker slot names none")
+        self.embed = CandidateEmbeddings(embedder)
+        self.setup_seconds = time.perf_counter() - t0
+        init = self.rc.init_checkpoint or getattr(rparams, "checkpoint", None)
+        self.module = (load_reranker(init, dim=embedder.dim, embedder=embedder.model_name)
+                       if init else RerankerModule(embedder.dim, embedder.model_name))
+        self.module.train()
+        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=config.learning_rate,
+                                          weight_decay=config.weight_decay)
+        self.rng = torch.Generator().manual_seed(config.seed)
+
+    # ------------------------------------------------------------------ data
+    def queries_for_step(self, step: int) -> list[Query]:
+        """The questions of step ``step`` (1-based): seeded passes over a shuffled order."""
+        n = self.config.questions_per_step
+        out = []
+        for i in range((step - 1) * n, step * n):
+            epoch, pos = divmod(i, len(self.queries))
+            order = list(range(len(self.queries)))
+            random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
+            out.append(self.queries[order[pos]])
+        return out
+
+    def citations(self, queries: list[Query], selections: list[list[dict[str, Any]]]
+                  ) -> list[dict[str, Any]]:
+        """The generator's reply for each (query, selected memories): extra of its step."""
+        assert self.generator is not None
+        states = [RolloutState(id=f"{q.qa.id}#{i}", memory=q.memory,
+                               values={Port.QUESTION: q.qa.question, Port.RETRIEVED: sel})
+                  for i, (q, sel) in enumerate(zip(queries, selections, strict=True))]
+        results = self.generator.run(states)
+        return [{**r.extra, "reply": r.output} for r in results]
+
+    # ------------------------------------------------------------------ step
+    def train_step(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        cfg, rc = self.config, self.rc
+        t0 = time.perf_counter()
+        self.step += 1
+        queries = self.queries_for_step(self.step)
+        q, m, mask = candidate_tensors(self.embed, [x.qa.question for x in queries],
+                                       [x.candidates for x in queries])
+        embed_seconds = time.perf_counter() - t0
+        scores = self.module.scores(q, m)
+        groups = rc.group_size if rc.algorithm == "grpo" else 1
+        sels = [select_top_m(scores, self.top_m, self.temperature, mask, True, self.rng)
+                for _ in range(groups)]
+        picked: list[list[list[dict[str, Any]]]] = [
+            [[x.candidates[int(j)] for j in sel.indices[i] if j >= 0]
+             for i, x in enumerate(queries)] for sel in sels]
+        hits = [[evidence_hits(p, x.qa.evidence) for p, x in zip(g, queries, strict=True)]
+                for g in picked]
+        cited: list[list[list[bool]]] | None = None
+        replies: list[list[dict[str, Any]]] = []
+        t_gen = time.perf_counter()
+        if self.generator is not None:
+            flat_q = [x for _ in picked for x in queries]
+            flat_sel = [p for g in picked for p in g]
+            flat = self.citations(flat_q, flat_sel)
+            replies = [flat[g * len(queries):(g + 1) * len(queries)] for g in range(groups)]
+            cited = [[[i in set(r["citations"]) for i in range(len(p))]
+                      for p, r in zip(g, rg, strict=True)] for g, rg in zip(picked, replies,
+                                                                              strict=True)]
+        gen_seconds = time.perf_counter() - t_gen
+        rewards = [[subset_rewards(hits[g][i] if rc.reward != "citation" else None,
+                                   cited[g][i] if cited is not None else None, rc)
+                    for i in range(len(queries))] for g in range(groups)]
+        loss = self._loss(sels, rewards)
+        self.optimizer.zero_grad()
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        flat_r = [r for g in rewards for x in g for r in x]
+        flat_h = [h for g in hits for x in g for h in x]
+        metrics: dict[str, float] = {
+            "step": self.step, "reward": float(np.mean(flat_r)) if flat_r else 0.0,
+            "loss": float(loss.detach()), "grad_norm": float(grad_norm),
+            "learning_rate": cfg.learning_rate,
+            "evidence_hit_share": float(np.mean(flat_h)) if flat_h else 0.0,
+            f"recall@{self.top_m}": float(np.mean([
+                recall_at(p, x.qa.evidence, self.top_m) for g in picked
+                for p, x in zip(g, queries, strict=True) if x.qa.evidence] or [0.0])),
+            "adapter_norm": float(sum(p.detach().norm() ** 2
+                                      for p in self.module.parameters()) ** 0.5),
+            "embed_seconds": embed_seconds,
+        }
+        if cited is not None:
+            flat_c = [c for g in cited for x in g for c in x]
+            metrics["cited_useful_share"] = float(np.mean(flat_c)) if flat_c else 0.0
+            metrics["out_of_range_citations"] = float(sum(len(r["out_of_range"])
+                                                          for g in replies for r in g))
+            metrics["generation_seconds"] = gen_seconds
+        metrics["step_time"] = time.perf_counter() - t0
+        samples = []
+        if self.step % cfg.logging_steps == 0 and cfg.save_samples:
+            for i, x in enumerate(queries[: cfg.save_samples]):
+                samples.append({
+                    "step": self.step, "question_id": x.qa.id, "question": x.qa.question,
+                    "evidence": x.qa.evidence, "candidates": [c["id"] for c in x.candidates],
+                    "subsets": [{
+                        "selected": [{"id": e["id"], "text": e["text"],
+                                      "turn_ids": e.get("turn_ids", [])} for e in picked[g][i]],
+                        "rewards": rewards[g][i],
+                        **({"reply": replies[g][i]["reply"],
+                            "citations": replies[g][i]["citations"],
+                            "out_of_range": replies[g][i]["out_of_range"]} if replies else {}),
+                    } for g in range(groups)],
+                })
+        return metrics, samples
+
+    def _loss(self, sels: list[Selection], rewards: list[list[list[float]]]) -> torch.Tensor:
+        if self.rc.algorithm == "reinforce":
+            return reinforce_loss(sels[0], rewards[0], self.rc.baseline)
+        return grpo_subset_loss(sels, rewards)
+
+    # ------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Weights (safetensors, with the embedding dimension), optimizer and RNG state."""
+        path = self.output_dir / f"{CHECKPOINT_PREFIX}{self.step}"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_reranker(self.module, tmp / WEIGHTS_FILE)
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save({"torch": torch.get_rng_state(), "sampler": self.rng.get_state()},
+                   tmp / "rng_state.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps({
+            "step": self.step, "max_steps": self.config.max_steps, "kind": "reranker",
+            "dim": self.module.dim, "embedder": self.module.embedder}), encoding="utf-8")
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)
+        tmp.rename(path)
+        self._prune_checkpoints()
+        state = self._state(logged=False)
+        for cb in self.callbacks:
+            cb.on_save(state, path)
+        return path
+
+    def _prune_checkpoints(self) -> None:
+        limit = self.config.save_total_limit
+        if limit is None:
+            return
+        import shutil
+
+        found = sorted((int(p.name[len(CHECKPOINT_PREFIX):]), p)
+                       for p in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*")
+                       if p.name[len(CHECKPOINT_PREFIX):].isdigit())
+        for _, old in found[:-limit]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore weights, optimizer, RNG and step from ``path``."""
+        loaded = load_reranker(path / WEIGHTS_FILE, dim=self.module.dim,
+                               embedder=self.module.embedder)
+        self.module.load_state_dict(loaded.state_dict())
+        self.optimizer.load_state_dict(load_state(path / "optimizer.pt"))
+        rng = load_state(path / "rng_state.pt")
+        torch.set_rng_state(rng["torch"])
+        self.rng.set_state(rng["sampler"])
+        state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        self.step = int(state["step"])
+
+    def _state(self, logged: bool, start: int = 0) -> TrainState:
+        return TrainState(step=self.step, max_steps=self.config.max_steps,
+                          output_dir=self.output_dir, logged=logged, start_step=start)
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> dict[str, Any]:
+        """Run to ``max_steps`` (or a stop request); returns a summary as GRPOTrainer's."""
+        cfg = self.config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            ckpt = latest_checkpoint(self.output_dir)
+            if ckpt is not None:
+                self.load_checkpoint(ckpt)
+        dumped = cfg.model_dump(mode="json")
+        (self.output_dir / CONFIG_FILE).write_text(json.dumps(dumped, indent=1),
+                                                   encoding="utf-8")
+        start = self.step
+        for cb in self.callbacks:
+            cb.on_train_begin(self._state(False, start), dumped)
+        metrics: dict[str, float] = {}
+        last_saved = self.step if start else -1
+        stopped = False
+        t0 = time.perf_counter()
+        while self.step < cfg.max_steps:
+            metrics, samples = self.train_step()
+            state = self._state(logged=bool(samples) or self.step % cfg.logging_steps == 0,
+                                start=start)
+            for cb in self.callbacks:
+                cb.on_step(state, metrics, samples)
+            if self.step % cfg.save_steps == 0:
+                self.save_checkpoint()
+                last_saved = self.step
+            if any(cb.should_stop() for cb in self.callbacks):
+                stopped = True
+                break
+        if last_saved != self.step:
+            self.save_checkpoint()
+        end_state = self._state(False, start)
+        for cb in self.callbacks:
+            cb.on_train_end(end_state, metrics)
+        return {"steps": self.step, "start_step": start, "stopped": stopped,
+                "seconds": time.perf_counter() - t0, "last_metrics": metrics,
+                "checkpoint": str(latest_checkpoint(self.output_dir)),
+                "setup_seconds": self.setup_seconds, "questions": len(self.queries)}
+
+
+def build_trainer(config: TrainConfig, callbacks: Sequence[TrainingCallback] = ()) -> Any:
+    """The trainer a config asks for: the reranker's when it has a ``reranker`` section, else
+    the LLM policies' GRPO trainer."""
+    if config.reranker is not None:
+        return RerankerTrainer(config, callbacks)
+    from memfactory_core.training.trainer import GRPOTrainer
+
+    return GRPOTrainer(config, callbacks)

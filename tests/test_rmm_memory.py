@@ -1,0 +1,173 @@
+"""RMM's topic memory and prospective reflection: Add / Merge with history, per-speaker topic
+extraction with turn ids, malformed replies counted and kept in the trace."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from memfactory_core.components.reflection import MalformedReply, parse_merge, parse_topics
+from memfactory_core.data.episode import QA, Conversation, Episode, Session, Turn
+from memfactory_core.errors import MemFactoryError
+from memfactory_core.memory import TopicMemory
+from memfactory_core.pipeline import PipelineRuntime, load_spec, validate_spec
+from memfactory_core.retrieval.embedders import load_embedder
+from tests.fakes import ScriptedLLM
+
+
+def test_topic_memory_merge_keeps_history_and_what_was_merged() -> None:
+    mem = TopicMemory(load_embedder("hashing-64"))
+    a = mem.add_topic("Ann lives in Oslo", "Ann", ["D1:1"], "1 May")
+    mark = mem.mark()
+    mem.merge(a.id, "Ann moved to Bergen", "Ann lived in Oslo and moved to Bergen",
+              ["D2:1"], "9 June")
+    entry = mem.get(a.id)
+    assert entry.text == "Ann lived in Oslo and moved to Bergen"
+    assert entry.turn_ids == ["D1:1", "D2:1"]
+    assert [v.text for v in entry.history] == ["Ann lives in Oslo"]
+    assert entry.merged[0].summary == "Ann moved to Bergen"
+    assert entry.merged[0].before == "Ann lives in Oslo"
+    diff = mem.diff(mark)
+    assert diff["merged"][0]["id"] == a.id and diff["merged"][0]["turn_ids"] == ["D2:1"]
+    assert diff["updated"][0]["after"] == entry.text
+    # the summary is the retrieval key
+    assert mem.search("Bergen", 1, "bm25")[0][0].id == a.id
+
+
+def test_topic_memory_clone_and_snapshot_round_trip() -> None:
+    emb = load_embedder("hashing-64")
+    mem = TopicMemory(emb)
+    a = mem.add_topic("Bo has a cat", "Bo", ["D1:2"])
+    twin = mem.clone()
+    assert isinstance(twin, TopicMemory)
+    twin.merge(a.id, "Bo's cat is Tom", "Bo has a cat named Tom", ["D3:1"])
+    assert mem.get(a.id).text == "Bo has a cat" and not mem.get(a.id).merged
+    back = TopicMemory.from_snapshot(twin.snapshot(), emb)
+    assert back.get(a.id).merged[0].summary == "Bo's cat is Tom"
+    assert back.add_topic("x", "Bo").id == "m2"
+    with pytest.raises(MemFactoryError, match="dimensions"):
+        TopicMemory.from_snapshot(twin.snapshot(), load_embedder("hashing-32"))
+
+
+def test_parse_topics_and_merge_decisions() -> None:
+    ids = ["D1:1", "D1:2"]
+    assert parse_topics("NO_TRAIT", ids) == []
+    topics = parse_topics('{"topics": [{"summary": "Ann lives in Oslo", '
+                          '"turn_ids": ["D1:1", "D9:9"]}]}', ids)
+    assert topics[0].turn_ids == ["D1:1"] and topics[0].dropped_turn_ids == ["D9:9"]
+    for bad, reason in [("hello", "no JSON"), ('{"topics": [{"turn_ids": ["D1:1"]}]}',
+                                                 "no summary"),
+                        ('{"topics": [{"summary": "x", "turn_ids": ["D7:1"]}]}',
+                         "none of its turn ids")]:
+        with pytest.raises(MalformedReply, match=reason):
+            parse_topics(bad, ids)
+    assert parse_merge('{"action": "add"}', 2).action == "add"
+    d = parse_merge('{"action": "merge", "index": 1, "summary": "both"}', 2)
+    assert (d.index, d.summary) == (1, "both")
+    with pytest.raises(MalformedReply, match="out of range"):
+        parse_merge('{"action": "merge", "index": 5, "summary": "s"}', 2)
+    with pytest.raises(MalformedReply, match="unknown action"):
+        parse_merge('{"action": "update"}', 2)
+
+
+def two_session_episode() -> Episode:
+    s1 = [Turn(id="D1:1", speaker="Ann", text="I live in Oslo.", session=1, time="1 May"),
+          Turn(id="D1:2", speaker="Bo", text="Nice weather.", session=1, time="1 May")]
+    s2 = [Turn(id="D2:1", speaker="Ann", text="I moved to Bergen.", session=2, time="9 June"),
+          Turn(id="D2:2", speaker="Bo", text="I got a cat.", session=2, time="9 June")]
+    conv = Conversation(speakers=["Ann", "Bo"], sessions=[
+        Session(index=1, time="1 May", turns=s1), Session(index=2, time="9 June", turns=s2)])
+    return Episode(id="c1", conversation=conv, questions=[
+        QA(id="c1/q0", question="Where does Ann live?", answers=["Bergen"],
+           evidence=["D2:1"])])
+
+
+def scripted_reflector(text: str) -> str:
+    if "tells about Ann" in text and "[D1:1]" in text and "[D2:1]" not in text:
+        return '{"topics": [{"summary": "Ann lives in Oslo", "turn_ids": ["D1:1"]}]}'
+    if "tells about Bo" in text and "[D1:2]" in text:
+        return "NO_TRAIT"
+    if "tells about Ann" in text:
+        return '{"topics": [{"summary": "Ann moved to Bergen", "turn_ids": ["D2:1"]}]}'
+    if "tells about Bo" in text:
+        return "Bo got a cat"  # malformed: no JSON
+    if "Ann moved to Bergen" in text and "[0] Ann lives in Oslo" in text:
+        return '{"action": "merge", "index": 0, "summary": "Ann moved from Oslo to Bergen"}'
+    if "A new topic summary" in text:
+        return '{"action": "merge", "index": 3, "summary": "?"}'
+    # citing generator
+    return "Bergen [0] [7]"
+
+
+def rmm_spec() -> dict:
+    spec = copy.deepcopy(load_spec("rmm"))
+    assert isinstance(spec, dict)
+    spec["memory"]["params"]["embedder"] = "hashing-64"
+    return spec
+
+
+def test_prospective_reflection_adds_merges_and_counts_malformed() -> None:
+    llm = ScriptedLLM(scripted_reflector)
+    runtime = PipelineRuntime(validate_spec(rmm_spec()), llm)
+    [res] = runtime.run([two_session_episode()])
+    memory = res.memory
+    assert isinstance(memory, TopicMemory)
+    [topic] = memory.topics()
+    assert topic.text == "Ann moved from Oslo to Bergen"
+    assert topic.turn_ids == ["D1:1", "D2:1"] and topic.speaker == "Ann"
+    assert topic.merged[0].summary == "Ann moved to Bergen"
+    steps = [s for s in res.ingest if s.component == "prospective_reflection"]
+    assert len(steps) == 2  # one per session
+    first, second = steps
+    assert first.extra["ops"] == {"ADD": 1, "MERGE": 0} and first.extra["no_trait"] == 1
+    assert first.extra["malformed"] == 0
+    assert first.memory_diff["added"][0]["text"] == "Ann lives in Oslo"
+    assert second.extra["ops"] == {"ADD": 0, "MERGE": 1}
+    assert second.extra["malformed"] == 1
+    bad = [e for e in second.output["extractions"] if not e["valid"]]
+    assert bad[0]["raw"] == "Bo got a cat" and "no JSON" in bad[0]["error"]
+    assert second.memory_diff["merged"][0]["summary"] == "Ann moved to Bergen"
+    # the query lane: retriever, reranker, citing generator with an out-of-range citation
+    query = {s.component: s for s in res.trace.steps}
+    assert query["reranker"].extra["retrieved"][0]["id"] == topic.id
+    gen = query["citing_generator"].extra
+    assert gen["citations"] == [0] and gen["out_of_range"] == [7]
+    assert gen["cited_ids"] == [topic.id] and res.answer == "Bergen"
+
+
+def test_malformed_merge_decision_falls_back_to_add_and_is_kept() -> None:
+    def reply(text: str) -> str:
+        if "tells about Ann" in text and "[D2:1]" not in text:
+            return '{"topics": [{"summary": "Ann lives in Oslo", "turn_ids": ["D1:1"]}]}'
+        if "tells about Ann" in text:
+            return '{"topics": [{"summary": "Ann moved to Bergen", "turn_ids": ["D2:1"]}]}'
+        if "tells about" in text:
+            return "NO_TRAIT"
+        if "A new topic summary" in text:
+            return '{"action": "merge", "index": 4, "summary": "x"}'
+        return "no idea"
+
+    runtime = PipelineRuntime(validate_spec(rmm_spec()), ScriptedLLM(reply))
+    [res] = runtime.run([two_session_episode()])
+    memory = res.memory
+    assert isinstance(memory, TopicMemory)
+    assert sorted(t.text for t in memory.topics()) == ["Ann lives in Oslo",
+                                                       "Ann moved to Bergen"]
+    step = [s for s in res.ingest if s.component == "prospective_reflection"][1]
+    [decision] = step.output["decisions"]
+    assert decision["valid"] is False and "out of range" in decision["error"]
+    assert decision["action"] == "add" and step.extra["malformed"] == 1
+    json.dumps(step.output)  # the trace record is JSON-able
+
+
+def test_rmm_preset_validates_and_reranker_needs_retrieved_memories() -> None:
+    spec = validate_spec(rmm_spec())
+    assert [s.cls.name for s in spec.query] == ["topic_retriever", "reranker",
+                                                "citing_generator"]
+    assert spec.roles == ["reflector", "generator"]
+    bad = rmm_spec()
+    bad["query"] = [s for s in bad["query"] if s["component"] != "topic_retriever"]
+    with pytest.raises(MemFactoryError, match="retrieved"):
+        validate_spec(bad)
