@@ -164,3 +164,28 @@ def test_compare_two_evaluations(app: tuple[str, RunStore, int, int], page: Any)
     rows = list(csv.DictReader(io.StringIO(text)))
     em = next(r for r in rows if r["run"] == f"#{trained} trained" and r["metric"] == "em")
     assert em["significant"] == "True" and em["n_paired"] == "60"
+
+
+def test_compare_tab_in_the_workbench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      page: Any) -> None:
+    from app.ui import build_app
+
+    monkeypatch.setenv("MEMFACTORY_HOME", str(tmp_path))
+    store = RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
+    base = stored_eval(store, "base", "smollm2", make_records(30, 0.2, seed=1))
+    demo = build_app(store, refresh_s=0.5, selected="compare")
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
+                            prevent_thread_lock=True, quiet=True)
+    try:
+        page.goto(url)
+        sync_api.expect(page.get_by_role("tab", name="Compare")).to_have_attribute(
+            "aria-selected", "true")
+        wait_until(lambda: options(page, "compare-runs") == [f"#{base} base (eval, "
+                                                             "succeeded)"], "the run offered")
+        # a run finishing while the tab is open shows up through the tab's poller
+        later = stored_eval(store, "later", "adapter", make_records(30, 0.5, seed=2))
+        wait_until(lambda: len(options(page, "compare-runs")) == 2, f"run {later} offered")
+        choose(page, "compare-runs", f"#{later} later")
+        sync_api.expect(page.locator("#compare-summary")).to_contain_text("30 records")
+    finally:
+        demo.close()
