@@ -23,7 +23,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # paths in errors stay whole
 
 
 @app.command()
@@ -80,7 +80,8 @@ def models(
 @app.command()
 def run(
     pipeline: Annotated[str, typer.Argument(help="Preset name or pipeline YAML/JSON file.")],
-    context: Annotated[Path, typer.Option("--context", "-c", help="Text file to read.")],
+    context: Annotated[Path, typer.Option(
+        "--context", "-c", help="Text file to read, or a LoCoMo/LongMemEval conversation file.")],
     question: Annotated[str, typer.Option("--question", "-q")],
     model: Annotated[str, typer.Option("--model", "-m")] = "tiny-random",
     backend: Annotated[str, typer.Option(help="transformers | vllm | openai")] = "transformers",
@@ -95,28 +96,26 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the trace as JSON.")] = False,
 ) -> None:
     """Run a pipeline on one document and one question; print the trace and the answer."""
-    from memfactory_core.data.episode import QA, Episode
+    from memfactory_core.config import validate_config
+    from memfactory_core.data.loaders import run_episode
     from memfactory_core.eval.config import EvalConfig
     from memfactory_core.eval.runner import build_runtime, resolve_pipeline
 
-    if not context.is_file():
-        raise MemFactoryError(f"context file not found: {context}")
+    episode = run_episode(context, question)  # a text file, or a LoCoMo/LongMemEval file
     params = _component_params(param or [])
-    config = EvalConfig.model_validate({
+    config = validate_config({
         "pipeline": pipeline, "pipeline_params": params,
         "model": {"model": model, "backend": backend},
         "data": {"path": str(context)}, "output_dir": ".",
         "generation": {"temperature": temperature, "seed": seed},
-    })
+    }, EvalConfig, source="run options")
     resolved = resolve_pipeline(config)
     runtime = build_runtime(config, resolved)
-    episode = Episode(id=context.stem, context=context.read_text(encoding="utf-8"),
-                      questions=[QA(id="q", question=question, answers=[])])
     [result] = runtime.run([episode])
     if as_json:
-        print(result.trace.model_dump_json(indent=2))
+        print(result.full_trace().model_dump_json(indent=2))
         return
-    console.print(result.trace.render(), markup=False, highlight=False)
+    console.print(result.full_trace().render(), markup=False, highlight=False)
     console.print(f"\n[bold]answer:[/bold] {result.answer}")
 
 
@@ -129,11 +128,12 @@ def eval_command(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Evaluate a pipeline; writes OUTPUT_DIR/results.json and prints the summary."""
-    from memfactory_core.config import load_config
+    from memfactory_core.config import check_output_dir, load_config
     from memfactory_core.eval.config import EvalConfig
     from memfactory_core.eval.runner import evaluate
 
     cfg = load_config(config, list(overrides or []), EvalConfig)
+    check_output_dir(cfg.output_dir)
     results = evaluate(cfg, progress=not quiet)
     summary = results["summary"]
     groups = summary.get("by_docs") or {str(cfg.data.docs): summary}
@@ -154,9 +154,16 @@ def train(
         list[str] | None, typer.Argument(help="dotted.key=value overrides, e.g. max_steps=20")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Train into a non-empty OUTPUT_DIR, removing "
+                                               "an earlier run's checkpoints, metrics and "
+                                               "samples first.")
+    ] = False,
 ) -> None:
     """Train a pipeline's policy roles with GRPO (LoRA); writes OUTPUT_DIR/metrics.jsonl,
-    samples/ and checkpoint-N/. Ctrl-C stops at the next step and saves a checkpoint."""
+    samples/ and checkpoint-N/. Ctrl-C stops at the next step and saves a checkpoint.
+    A non-empty OUTPUT_DIR is refused unless the config says `resume=true` (continue from
+    its latest checkpoint) or --overwrite is given."""
     import signal
 
     from memfactory_core.config import load_config
@@ -170,6 +177,7 @@ def train(
     from memfactory_core.training.reranker_trainer import build_trainer
 
     cfg = load_config(config, list(overrides or []), TrainConfig)
+    prepare_train_output(cfg.output_dir, resume=cfg.resume, overwrite=overwrite)
     stop = StopCallback()
     callbacks = [ConsoleCallback(enabled=not quiet), JsonlCallback(), stop]
     if cfg.report_to:
@@ -212,6 +220,42 @@ def export(
     console.print(f"merged model: {out}")
 
 
+#: what a training run writes into its output folder (removed by ``train --overwrite``)
+TRAIN_OUTPUTS = ("checkpoint-*", "metrics.jsonl", "samples", "rollout_adapter", "runs",
+                 "train_config.json", "merged", "wandb")
+
+
+def prepare_train_output(output_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a folder that holds anything unless resuming or overwriting (an
+    earlier run's checkpoints would be taken for this run's); ``overwrite`` removes what a
+    training run writes there and leaves other files alone."""
+    from memfactory_core.config import check_output_dir
+
+    folder = check_output_dir(output_dir)
+    if resume and overwrite:
+        raise MemFactoryError("give resume=true or --overwrite, not both")
+    if resume or not folder.is_dir():
+        return
+    entries = sorted(p.name for p in folder.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more"
+                                          if len(entries) > 5 else "")
+        raise MemFactoryError(
+            f"output_dir {str(folder)!r} is not empty ({shown}): add resume=true to continue "
+            "from its latest checkpoint, --overwrite to replace the earlier run, or choose "
+            "another output_dir")
+    import shutil
+
+    for pattern in TRAIN_OUTPUTS:
+        for p in folder.glob(pattern):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+
 def _component_params(items: list[str]) -> dict[str, dict[str, object]]:
     """``component.key=value`` pairs; a value is JSON when it parses as JSON, else text."""
     out: dict[str, dict[str, object]] = {}
@@ -248,8 +292,16 @@ def main() -> None:
     try:
         app()
     except MemFactoryError as err:
-        err_console.print(f"[bold red]error:[/bold red] {escape(str(err))}", highlight=False)
-        sys.exit(2)
+        _fail(str(err))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError,
+            PermissionError) as err:
+        # a path given by the user that cannot be used as asked: the message names it
+        _fail(f"{err.strerror or type(err).__name__}: {err.filename or ''}".rstrip(": "))
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

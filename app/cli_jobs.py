@@ -63,6 +63,19 @@ def run_record(run: Run) -> dict[str, Any]:
     return {c.name: getattr(run, c.name) for c in run.__table__.columns}
 
 
+def error_summary(error: str | None) -> str | None:
+    """One line saying what went wrong: a traceback's exception line (its last line that is
+    not indented), else the first line."""
+    lines = [line for line in (error or "").splitlines() if line.strip()]
+    if not lines:
+        return None
+    if lines[0].startswith("Traceback (most recent call last)"):
+        tail = [line for line in lines if not line[:1].isspace()]
+        if len(tail) > 1:
+            return tail[-1].strip()
+    return lines[0].strip()
+
+
 def run_row(run: Run, best_reward: float | None) -> dict[str, Any]:
     """What ``runs list`` shows of a run."""
     return {
@@ -70,7 +83,7 @@ def run_row(run: Run, best_reward: float | None) -> dict[str, Any]:
         "model": run.model, "pipeline": run.pipeline, "start": _time(run.started_at),
         "started_at": run.started_at, "finished_at": run.finished_at,
         "duration_s": _duration(run), "best_reward": best_reward, "tags": run.tags,
-        "error": (run.error or "").splitlines()[0] if run.error else None,
+        "error": error_summary(run.error),
     }
 
 
@@ -98,11 +111,24 @@ def worker(
         float, typer.Option(help="Seconds a stopping run gets before it is killed.")
     ] = 30.0,
     poll: Annotated[float, typer.Option(help="Seconds between scheduler rounds.")] = 1.0,
+    allow_key_env: Annotated[
+        list[str] | None, typer.Option("--allow-key-env", help="An environment variable "
+                                       "run configs may name as api_key_env, besides "
+                                       "MEMFACTORY_KEY_* (repeatable).")
+    ] = None,
+    allow_remote_code: Annotated[
+        bool, typer.Option("--allow-remote-code", help="Let run configs set "
+                                                       "trust_remote_code.")
+    ] = False,
 ) -> None:
-    """Execute queued runs until stopped (Ctrl-C or SIGTERM: runs checkpoint and requeue)."""
+    """Execute queued runs until stopped (Ctrl-C or SIGTERM: runs checkpoint and requeue).
+    Runs get an allow-listed environment: only the API-key variables named MEMFACTORY_KEY_*
+    or allowed with --allow-key-env, never the workbench login."""
+    from app.cli_ui import apply_run_policy
     from jobs.entry import HEARTBEAT_ENV
     from jobs.scheduler import Scheduler
 
+    apply_run_policy(allow_key_env, allow_remote_code)
     if backend not in BACKENDS:
         raise MemFactoryError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     executor = None
@@ -344,7 +370,10 @@ def runs_export(
 ) -> None:
     """Write a run to a folder: config.yaml, metrics.csv (one row per step), samples.jsonl,
     run.json, the log and its artifacts."""
-    out = export_run(_store(), run_id, output or Path(f"run-{run_id}"), copy_artifacts)
+    from memfactory_core.config import check_output_dir
+
+    folder = check_output_dir(output or Path(f"run-{run_id}"), what="--output")
+    out = export_run(_store(), run_id, folder, copy_artifacts)
     print(out)
 
 

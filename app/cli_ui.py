@@ -7,26 +7,59 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from app.auth import AUTH_ENV, AUTH_FILE_ENV, parse_auth, read_auth_file
+from memfactory_core.config import (
+    ALLOW_REMOTE_CODE_ENV,
+    ALLOWED_KEY_ENVS_ENV,
+    NEVER_KEY_ENVS,
+    RESTRICTED_ENV,
+)
 from memfactory_core.errors import MemFactoryError
 
 if TYPE_CHECKING:
     from jobs.scheduler import Scheduler
 
-AUTH_ENV = "MEMFACTORY_UI_AUTH"
 
 
-def parse_auth(value: str | None) -> tuple[str, str] | None:
-    """``USER:PASSWORD`` as a pair (None for no value). The error never echoes the value."""
-    if value is None or value == "":
-        return None
-    user, sep, password = value.partition(":")
-    if not sep or not user or not password:
-        raise MemFactoryError(f"--auth / {AUTH_ENV} must be USER:PASSWORD, both non-empty")
-    return user, password
+def resolve_auth(auth: str | None, auth_file: Path | None) -> tuple[str, str] | None:
+    """The login from ``--auth-file``, ``$MEMFACTORY_UI_AUTH_FILE``, ``--auth`` or
+    ``$MEMFACTORY_UI_AUTH`` (in that order; giving both flags is an error). ``--auth`` on
+    the command line is visible to every user of the machine (``ps``): a warning says so."""
+    if auth is not None and auth_file is not None:
+        raise MemFactoryError("give --auth or --auth-file, not both")
+    if auth_file is None and auth is None and os.environ.get(AUTH_FILE_ENV):
+        auth_file = Path(os.environ[AUTH_FILE_ENV])
+    if auth_file is not None:
+        return read_auth_file(auth_file)
+    if auth is not None:
+        if auth:
+            print(f"warning: --auth on the command line is visible to other users of this "
+                  f"machine (ps); use --auth-file or ${AUTH_ENV} instead", file=sys.stderr,
+                  flush=True)
+        return parse_auth(auth)
+    return parse_auth(os.environ.get(AUTH_ENV))
+
+
+def apply_run_policy(allow_key_env: list[str] | None, allow_remote_code: bool) -> None:
+    """Record in this process's environment what the operator lets submitted runs do; run
+    processes inherit it (see :mod:`jobs.run_env`) and submissions are checked against it."""
+    names = [n.strip() for item in allow_key_env or [] for n in item.split(",") if n.strip()]
+    for name in names:
+        if name in NEVER_KEY_ENVS:
+            raise MemFactoryError(f"--allow-key-env {name}: this variable can never be an "
+                                  "API key for a run")
+        if not name.replace("_", "").isalnum():
+            raise MemFactoryError(f"--allow-key-env {name!r} is not a variable name")
+    if names:
+        current = [n for n in os.environ.get(ALLOWED_KEY_ENVS_ENV, "").split(",") if n]
+        os.environ[ALLOWED_KEY_ENVS_ENV] = ",".join(dict.fromkeys([*current, *names]))
+    if allow_remote_code:
+        os.environ[ALLOW_REMOTE_CODE_ENV] = "1"
 
 
 def parse_share(value: str) -> bool:
@@ -42,9 +75,24 @@ def ui(
                                            "needs --auth.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 7860,
     auth: Annotated[
-        str | None, typer.Option(help=f"USER:PASSWORD required to open the page (default: "
-                                      f"${AUTH_ENV}).", show_default=False)
+        str | None, typer.Option(help=f"USER:PASSWORD required to open the page. Visible to "
+                                      f"other users in `ps`: prefer --auth-file or "
+                                      f"${AUTH_ENV}.", show_default=False)
     ] = None,
+    auth_file: Annotated[
+        Path | None, typer.Option("--auth-file", help=f"A file whose first line is "
+                                  f"USER:PASSWORD (default: ${AUTH_FILE_ENV}, else "
+                                  f"${AUTH_ENV}).", show_default=False)
+    ] = None,
+    allow_key_env: Annotated[
+        list[str] | None, typer.Option("--allow-key-env", help="An environment variable "
+                                       "submitted configs may name as api_key_env, besides "
+                                       "MEMFACTORY_KEY_* (repeatable).")
+    ] = None,
+    allow_remote_code: Annotated[
+        bool, typer.Option("--allow-remote-code", help="Let submitted configs set "
+                                                       "trust_remote_code.")
+    ] = False,
     no_scheduler: Annotated[
         bool, typer.Option("--no-scheduler", help="Only show and queue runs; a separate "
                                                   "`memfactory worker` executes them.")
@@ -62,9 +110,14 @@ def ui(
     from app.ui import check_exposure, launch
     from jobs.store import RunStore
 
-    credentials = parse_auth(auth if auth is not None else os.environ.get(AUTH_ENV))
+    credentials = resolve_auth(auth, auth_file)
     share_on = parse_share(share)
     check_exposure(host, credentials, share_on)
+    apply_run_policy(allow_key_env, allow_remote_code)
+    # this process executes nothing the user typed, but what does (runs, chat) must not
+    # read the login: runs get an allow-listed environment, and the variable goes
+    os.environ.pop(AUTH_ENV, None)
+    os.environ[RESTRICTED_ENV] = "1"
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("jobs").setLevel(logging.INFO)

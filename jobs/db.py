@@ -4,12 +4,13 @@ any SQLAlchemy URL through ``MEMFACTORY_DB_URL``; Alembic upgrades the schema on
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from memfactory_core.errors import MemFactoryError
 from memfactory_core.paths import memfactory_home
@@ -21,9 +22,37 @@ _upgraded: set[str] = set()
 _lock = threading.Lock()
 
 
+DB_URL_ENV = "MEMFACTORY_DB_URL"
+_SCHEME = re.compile(r"[A-Za-z][\w+.-]*://")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` in it replaced by
+    ``***``, whether or not the URL parses (a password may hold ``@`` or ``/``)."""
+    out = []
+    rest = text
+    while (m := _SCHEME.search(rest)) is not None:
+        out.append(rest[:m.end()])
+        rest = rest[m.end():]
+        end = len(rest)
+        for stop in (" ", "'", '"', "\n"):
+            i = rest.find(stop)
+            if i >= 0:
+                end = min(end, i)
+        netloc, tail = rest[:end], rest[end:]
+        at = netloc.rfind("@")
+        user, colon, _password = netloc[:max(at, 0)].partition(":")
+        if at >= 0 and colon:
+            netloc = f"{user}:***{netloc[at:]}"
+        out.append(netloc)
+        rest = tail
+    out.append(rest)
+    return "".join(out)
+
+
 def default_db_url() -> str:
     """``$MEMFACTORY_DB_URL``, else a SQLite file in the workspace."""
-    url = os.environ.get("MEMFACTORY_DB_URL")
+    url = os.environ.get(DB_URL_ENV)
     if url:
         return url
     return f"sqlite:///{memfactory_home() / 'memfactory.db'}"
@@ -44,8 +73,23 @@ def make_engine(url: str | None = None) -> Engine:
     url = url or default_db_url()
     try:
         parsed = make_url(url)
-    except Exception as exc:  # sqlalchemy raises ArgumentError with a terse message
-        raise MemFactoryError(f"MEMFACTORY_DB_URL: not a database URL: {url!r} ({exc})") from exc
+    except Exception:  # sqlalchemy's message repeats the URL, password and all
+        raise MemFactoryError(f"{DB_URL_ENV}: not a database URL: {redact_url(url)!r} "
+                              "(expected dialect[+driver]://user:password@host/database or "
+                              "sqlite:///path)") from None
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        return _create_engine(parsed)
+    except ModuleNotFoundError as exc:
+        raise MemFactoryError(
+            f"database {shown}: its driver is not installed ({exc.name}); install it, e.g. "
+            "pip install 'psycopg[binary]' for postgresql+psycopg:// URLs") from None
+    except Exception as exc:  # unknown dialect and the like
+        raise MemFactoryError(f"database {shown}: {type(exc).__name__}: "
+                              f"{redact_url(str(exc))}") from None
+
+
+def _create_engine(parsed: URL) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)

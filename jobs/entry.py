@@ -1,6 +1,8 @@
 """``python -m jobs.entry RUN_ID``: the process of one run.
 
-It reads its run from the store (``MEMFACTORY_DB_URL``), heartbeats every
+It reads its run from the store (``MEMFACTORY_DB_URL``, removed from its environment once
+connected), checks the config again against what submitted runs may do (API-key variables,
+``trust_remote_code``), heartbeats every
 ``MEMFACTORY_HEARTBEAT_S`` seconds from a thread, executes the training or evaluation, streams
 metrics, samples and artifacts into the store, and writes the run's final status itself:
 
@@ -29,8 +31,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobs.db import DB_URL_ENV
 from jobs.models import ACTIVE_STATUSES, Run
 from jobs.store import RunStore, host_name
+from memfactory_core.config import RESTRICTED_ENV, check_submitted_config
 from memfactory_core.errors import MemFactoryError
 
 if TYPE_CHECKING:  # imported when needed: they bring torch, and signals come first
@@ -347,6 +351,8 @@ def execute(store: RunStore, run: Run, attempt: int) -> int:
     try:
         if run.cancel_requested_at is not None:
             raise RunInterrupted("cancelled before it started")
+        # checked at submission too; a config written to the store another way is caught here
+        check_submitted_config(run.config, source=f"run {run.id} config")
         summary, stopped = KINDS[run.kind](run, store, control, sink)
     except RunInterrupted as exc:
         log(f"interrupted ({exc})")
@@ -411,6 +417,14 @@ def main(argv: list[str] | None = None) -> int:
     run_id = int(args[0])
     try:
         store = RunStore(migrate=False)
+    except MemFactoryError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    # the store holds its connection; nothing the run executes needs (or may read) the URL,
+    # which for PostgreSQL carries a password
+    os.environ.pop(DB_URL_ENV, None)
+    os.environ[RESTRICTED_ENV] = "1"
+    try:
         run = _retry("reading the run", lambda: store.get_run(run_id))
     except MemFactoryError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)

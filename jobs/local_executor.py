@@ -1,5 +1,5 @@
-"""Runs on this machine: one subprocess per run, in its own session, its output appended to
-the run's log file."""
+"""Runs on this machine: one subprocess per run, in its own session, with an allow-listed
+environment (:mod:`jobs.run_env`), its output appended to the run's log file."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jobs.executor import RunHandle, run_command
+from jobs.run_env import run_environment
 
 PR_SET_PDEATHSIG = 1
 
@@ -58,7 +59,7 @@ class LocalExecutor:
         with open(log_path, "ab", buffering=0) as log:
             proc = subprocess.Popen(
                 self.command(run_id), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, env={**os.environ, **env}, close_fds=True,
+                stderr=subprocess.STDOUT, env=run_environment(env), close_fds=True,
                 start_new_session=True, preexec_fn=_pdeathsig_preexec(),
             )
         return RunHandle(run_id=run_id, log_path=log_path, pid=proc.pid, extra={"proc": proc})

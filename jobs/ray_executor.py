@@ -16,7 +16,8 @@ What the cluster must provide:
   runs write their outputs where the submitting workspace expects them.
 
 A job gets the environment of the Ray node that runs it, not the worker's: the executor
-passes the workspace's ``MEMFACTORY_*`` variables and the run's own (database URL, attempt,
+passes the workspace's allow-listed ``MEMFACTORY_*`` variables (see :mod:`jobs.run_env`: never
+the workbench login) and the run's own (database URL, attempt,
 heartbeat period); add others (``HF_HOME``, tokens) through ``runtime_env["env_vars"]``. The
 runtime env is shown in the Ray dashboard: whoever can open it sees the database URL.
 
@@ -43,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.executor import RunHandle, run_command
+from jobs.run_env import run_environment
+from memfactory_core.config import key_env_allowed
 from memfactory_core.errors import MemFactoryError
 from memfactory_core.paths import memfactory_home
 
@@ -153,19 +156,23 @@ class RayExecutor:
 
     def job_runtime_env(self, env: dict[str, str]) -> dict[str, Any]:
         """The job's runtime env: a job inherits the environment of the Ray node, not this
-        process's, so this workspace (``MEMFACTORY_HOME`` and any other ``MEMFACTORY_*``
-        variable set here) is passed on, then ``runtime_env["env_vars"]``, then ``env``."""
+        process's, so this workspace (``MEMFACTORY_HOME``, the allowed API-key variables and
+        the other ``MEMFACTORY_*`` variables :mod:`jobs.run_env` lets through) is passed on,
+        then ``runtime_env["env_vars"]``, then ``env``."""
         runtime_env = copy.deepcopy(self.runtime_env)
         env_vars = {
             # read by Ray's job supervisor: SIGKILL this long after SIGTERM
             "RAY_JOB_STOP_WAIT_TIME_S": str(max(1, math.ceil(self.stop_grace_s))),
             "PYTHONUNBUFFERED": "1",
             "MEMFACTORY_HOME": str(memfactory_home()),
-            **{k: v for k, v in os.environ.items() if k.startswith("MEMFACTORY_")},
             **(runtime_env.get("env_vars") or {}),
             **env,
         }
-        runtime_env["env_vars"] = {k: str(v) for k, v in env_vars.items()}
+        # only the allow-listed part of this process's environment (never the workbench
+        # login or another secret): see jobs.run_env
+        allowed = run_environment({}, {k: v for k, v in os.environ.items()
+                                       if k.startswith("MEMFACTORY_") or key_env_allowed(k)})
+        runtime_env["env_vars"] = {k: str(v) for k, v in {**allowed, **env_vars}.items()}
         return runtime_env
 
     def launch(self, run_id: int, env: dict[str, str], log_path: Path) -> RunHandle:

@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.db import make_engine, upgrade
+from jobs.db import make_engine, redact_url, upgrade
 from jobs.models import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
@@ -34,6 +35,9 @@ from jobs.models import (
 )
 from memfactory_core.errors import MemFactoryError
 from memfactory_core.paths import memfactory_home
+
+#: ids are 64-bit signed integers in every database the store supports
+MAX_RUN_ID = 2**63 - 1
 
 
 class RunNotFound(MemFactoryError):
@@ -66,14 +70,39 @@ def _attempt_is(attempt: int | None) -> tuple[Any, ...]:
     return () if attempt is None else (Run.attempts == attempt,)
 
 
+def check_run_id(run_id: Any) -> int:
+    """``run_id`` as an int, or :class:`RunNotFound` for what cannot be a run id (not a
+    whole number, not positive, past a 64-bit integer)."""
+    if isinstance(run_id, float) and run_id.is_integer():
+        run_id = int(run_id)
+    if isinstance(run_id, bool) or not isinstance(run_id, int):
+        raise RunNotFound(f"run id must be a whole number, not {run_id!r}")
+    if not 1 <= run_id <= MAX_RUN_ID:
+        raise RunNotFound(f"no run with id {run_id}")
+    return run_id
+
+
 class RunStore:
     """Runs, metrics, samples, artifacts and pipelines in one database."""
 
     def __init__(self, url: str | None = None, engine: Engine | None = None,
                  migrate: bool = True) -> None:
         self.engine = engine or make_engine(url)
-        if migrate:
-            upgrade(self.engine)
+        shown = self.engine.url.render_as_string(hide_password=True)
+        try:
+            if migrate:
+                upgrade(self.engine)
+            if self.engine.dialect.name == "sqlite":
+                with self.engine.connect() as conn:  # a damaged file fails here, not later
+                    conn.exec_driver_sql("SELECT count(*) FROM sqlite_master")
+        except ModuleNotFoundError as exc:
+            raise MemFactoryError(f"database {shown}: its driver is not installed "
+                                  f"({exc.name})") from None
+        except SQLAlchemyError as exc:
+            detail = redact_url(str(getattr(exc, "orig", None) or exc).splitlines()[0])
+            raise MemFactoryError(f"database {shown}: cannot be opened ({detail}); if it "
+                                  "is a SQLite file it may be damaged or not a database"
+                                  ) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         #: read a metric series as JSON arrays (SQLite's json_group_array) instead of rows
         self.json_series = self.engine.dialect.name == "sqlite"
@@ -117,6 +146,7 @@ class RunStore:
         return run
 
     def get_run(self, run_id: int) -> Run:
+        run_id = check_run_id(run_id)
         with self.session() as s:
             run = s.get(Run, run_id)
         if run is None:

@@ -3,20 +3,29 @@ on a typo, and its relative paths are made absolute so any worker can execute it
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
 from jobs.models import RUN_KINDS, Run
 from jobs.store import RunStore
-from memfactory_core.config import load_config, validate_config
-from memfactory_core.errors import MemFactoryError
-from memfactory_core.eval.config import EvalConfig
+from memfactory_core.config import (
+    MAX_CONFIG_BYTES,
+    check_submitted_config,
+    load_config,
+    parse_config_mapping,
+    validate_config,
+)
+from memfactory_core.errors import MemFactoryError, Problem, ValidationError
+from memfactory_core.eval.config import EvalConfig, ModelConfig, PipelineRunConfig
+from memfactory_core.llm.models import builtin_model_names
 from memfactory_core.paths import ASSETS_DIR
 from memfactory_core.training.config import TrainConfig
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 CONFIG_MODELS: dict[str, type[BaseModel]] = {"train": TrainConfig, "eval": EvalConfig}
 PROJECT_DIR = ASSETS_DIR.parent
 
@@ -56,14 +65,69 @@ def resolve_paths(config: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def parse_config_text(text: str, source: str = "config") -> dict[str, Any]:
-    """A YAML config typed into a form, as a mapping."""
+    """A YAML config typed into a form, as a mapping (size and alias expansion limited)."""
+    if not isinstance(text, str):
+        raise MemFactoryError(f"{source}: a config must be YAML text")
+    return parse_config_mapping(text, source)
+
+
+def _config_size(config: dict[str, Any], source: str) -> None:
     try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise MemFactoryError(f"{source}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise MemFactoryError(f"{source}: a config must be a mapping, got {type(raw).__name__}")
-    return raw
+        size = len(json.dumps(config, default=str).encode("utf-8"))
+    except (TypeError, ValueError, RecursionError) as err:
+        raise MemFactoryError(f"{source}: not storable as JSON ({err})") from None
+    if size > MAX_CONFIG_BYTES:
+        raise MemFactoryError(f"{source}: {size} bytes once expanded, more than a config may "
+                              f"have ({MAX_CONFIG_BYTES} bytes)")
+
+
+def _model_problems(where: str, mc: ModelConfig) -> list[Problem]:
+    """A model that no worker could load: neither built in, a local folder, nor in the local
+    Hugging Face cache (remote models of the openai backend are not checked)."""
+    if mc.backend == "openai":
+        return []
+    name = mc.model
+    if name in builtin_model_names() or Path(name).expanduser().is_dir():
+        return []
+    if _HUB_ID.match(name):
+        try:
+            from huggingface_hub import snapshot_download
+
+            snapshot_download(repo_id=name, local_files_only=True)
+            return []
+        except Exception:
+            return [Problem(f"{where}.model", f"unknown model {name!r}: not in the local "
+                            "Hugging Face cache")]
+    return [Problem(f"{where}.model", (
+        f"unknown model {name!r}: not a built-in model ({', '.join(builtin_model_names())}), "
+        "an existing model folder or a hub id in the local cache"))]
+
+
+def check_runnable(validated: PipelineRunConfig, source: str) -> None:
+    """What would make the run fail at once, found now: the pipeline (file, slot order, port
+    types, parameters of each component and of the memory, ``pipeline_params`` naming a
+    component the pipeline lacks), data files that do not exist, models no worker could
+    load. Raises one :class:`ValidationError` listing every problem."""
+    from memfactory_core.eval.runner import resolve_pipeline
+
+    problems: list[Problem] = []
+    try:
+        resolve_pipeline(validated)
+    except ValidationError as err:
+        problems += [Problem(f"pipeline: {p.location}" if p.location else "pipeline",
+                             p.message) for p in err.problems]
+    except MemFactoryError as err:
+        problems.append(Problem("pipeline", str(err)))
+    data = getattr(validated, "data", None)
+    for key in ("path", "exclude"):
+        value = getattr(data, key, None)
+        if isinstance(value, str) and not Path(value).expanduser().is_file():
+            problems.append(Problem(f"data.{key}", f"no such file: {value}"))
+    problems += _model_problems("model", validated.model)
+    for role, mc in validated.roles.items():
+        problems += _model_problems(f"roles.{role}", mc)
+    if problems:
+        raise ValidationError(f"{source}: cannot run", problems)
 
 
 def submit_run(
@@ -81,6 +145,11 @@ def submit_run(
 ) -> Run:
     """Validate ``config`` (a YAML file, or a mapping) as a ``kind`` config and queue it.
 
+    Everything that would make the run fail at once is checked first (see
+    :func:`check_runnable`), and so is what a submitted run may not do (see
+    :func:`memfactory_core.config.submitted_config_problems`): a bad config raises a
+    :class:`MemFactoryError` listing every problem and queues nothing.
+
     The run writes into its own folder (``MEMFACTORY_HOME/runs/<id>``): the config's
     ``output_dir`` is replaced by it. Training runs are resumable: a run requeued after a
     lost worker continues from its last checkpoint.
@@ -92,16 +161,19 @@ def submit_run(
     if isinstance(config, dict):
         if overrides:
             raise MemFactoryError("overrides apply to config files; edit the mapping instead")
+        source = name or f"{kind} config"
+        _config_size(config, source)
         raw = dict(config)
         raw.setdefault("output_dir", "pending")
-        validated = validate_config(raw, model_cls)
-        source = name or f"{kind} config"
+        validated = validate_config(raw, model_cls, source=source)
     else:
         path = Path(config)
         validated = load_config(path, list(overrides or []), model_cls)
         source = str(path)
     data = resolve_paths(validated.model_dump(mode="json"), base)
-    validate_config(data, model_cls, source=source)
+    _config_size(data, source)
+    check_submitted_config(data, source)
+    check_runnable(validate_config(data, model_cls, source=source), source)
     pipeline = data.get("pipeline")
     pipeline_name = (Path(pipeline).stem if isinstance(pipeline, str) and ("/" in pipeline)
                      else pipeline if isinstance(pipeline, str) else "inline")

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from memfactory_core.paths import ASSETS_DIR, SAMPLE_DATA_DIR
 
 REPO = ASSETS_DIR.parent
@@ -86,3 +88,126 @@ def test_unknown_model_lists_available(tmp_path: Path) -> None:
                      "--question", "q")
     assert out.returncode == 2
     assert "tiny-random" in out.stderr and "smollm2-135m-instruct" in out.stderr
+
+
+# ------------------------------------------------- clear errors instead of tracebacks
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``memfactory ARGS`` in this process: (exit code, stdout, stderr on one line)."""
+    from tests.test_jobs_cli import cli
+
+    code, out, err = cli(capsys, *args)
+    assert "Traceback" not in err, err
+    return code, out, " ".join(err.split())
+
+
+@pytest.fixture
+def db_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    url = f"sqlite:///{tmp_path}/runs.db"
+    monkeypatch.setenv("MEMFACTORY_DB_URL", url)
+    monkeypatch.setenv("MEMFACTORY_HOME", str(tmp_path / "home"))
+    return url
+
+
+def test_run_with_an_unknown_backend(capsys: pytest.CaptureFixture[str],
+                                     tmp_path: Path) -> None:
+    doc = tmp_path / "doc.txt"
+    doc.write_text("text")
+    code, _, err = run_cli(capsys, "run", "memagent", "-c", str(doc), "-q", "?",
+                           "--backend", "bogus")
+    assert code == 2 and "model.backend" in err and "'transformers'" in err
+
+
+def test_run_on_a_binary_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(bytes(range(256)) * 4)
+    code, _, err = run_cli(capsys, "run", "memagent", "-c", str(blob), "-q", "?")
+    assert code == 2 and f"{blob}: not a UTF-8 text file" in err
+
+
+def test_output_dir_that_is_a_file(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                   db_url: str) -> None:
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    code, _, err = run_cli(capsys, "eval", "assets/configs/eval_memagent_tiny.yaml",
+                           f"output_dir={a_file}", "--quiet")
+    assert code == 2 and f"{a_file}' is a file, not a folder" in err
+    code, _, err = run_cli(capsys, "train", "assets/configs/train_synthetic_tiny.yaml",
+                           f"output_dir={a_file / 'sub'}", "--quiet")
+    assert code == 2 and f"{a_file}' is a file, not a folder" in err
+    code, out, err = run_cli(capsys, "submit", "eval", "assets/configs/eval_memagent_tiny.yaml")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "runs", "export", out.strip(), "-o", str(a_file))
+    assert code == 2 and f"{a_file}' is a file, not a folder" in err
+
+
+def test_broken_and_empty_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "eval", "assets/configs/eval_memagent_tiny.yaml",
+                           "data.docs=[1,")
+    assert code == 2 and "cannot apply overrides" in err
+    code, _, err = run_cli(capsys, "eval", "assets/configs/eval_memagent_tiny.yaml",
+                           "data.limit=")
+    assert code == 2 and "'data.limit=' has no value (write data.limit=null" in err
+
+
+def test_a_damaged_database_file_is_named(capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path, db_url: str) -> None:
+    path = tmp_path / "runs.db"
+    path.write_bytes(b"\x00not sqlite" * 500)
+    code, _, err = run_cli(capsys, "runs", "list")
+    assert code == 2 and f"database sqlite:///{path}: cannot be opened" in err
+
+
+def test_a_database_driver_that_is_not_installed(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMFACTORY_DB_URL", "mysql://bob:hunter2@db.example/runs")
+    code, _, err = run_cli(capsys, "runs", "list")
+    assert code == 2 and "driver is not installed (MySQLdb)" in err
+    assert "hunter2" not in err
+
+
+def test_run_ids_too_large_for_the_database(capsys: pytest.CaptureFixture[str],
+                                            db_url: str) -> None:
+    for command in ("show", "logs", "cancel", "export"):
+        code, _, err = run_cli(capsys, "runs", command, "99999999999999999999")
+        assert code == 2 and "no run with id 99999999999999999999" in err
+
+
+def test_runs_list_shows_the_exception_line_of_a_traceback(
+        capsys: pytest.CaptureFixture[str], db_url: str) -> None:
+    from jobs.store import RunStore
+
+    store = RunStore(url=db_url)
+    run = store.create_run("eval", {})
+    store.finish(run.id, "failed", error="Traceback (most recent call last):\n"
+                 '  File "x.py", line 1, in <module>\n    boom()\n'
+                 "ValueError: the real reason")
+    code, out, _ = run_cli(capsys, "runs", "list", "--json")
+    assert code == 0 and json.loads(out)[0]["error"] == "ValueError: the real reason"
+
+
+def test_training_into_a_used_folder_is_refused(capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path) -> None:
+    out_dir = tmp_path / "run"
+    (out_dir / "checkpoint-4").mkdir(parents=True)
+    (out_dir / "metrics.jsonl").write_text('{"step": 4}\n')
+    code, _, err = run_cli(capsys, "train", "assets/configs/train_synthetic_tiny.yaml",
+                           f"output_dir={out_dir}", "--quiet")
+    assert code == 2 and f"output_dir '{out_dir}' is not empty (checkpoint-4, metrics.jsonl)" \
+        in err and "resume=true" in err and "--overwrite" in err
+    assert (out_dir / "checkpoint-4").is_dir(), "nothing was touched"
+    assert (out_dir / "metrics.jsonl").read_text() == '{"step": 4}\n'
+
+
+def test_overwrite_removes_only_what_training_wrote(tmp_path: Path) -> None:
+    from app.cli import prepare_train_output
+
+    out_dir = tmp_path / "run"
+    (out_dir / "checkpoint-4").mkdir(parents=True)
+    (out_dir / "samples").mkdir()
+    (out_dir / "metrics.jsonl").write_text("{}\n")
+    (out_dir / "notes.txt").write_text("mine")
+    prepare_train_output(out_dir, resume=True, overwrite=False)  # resuming: kept as it is
+    assert (out_dir / "checkpoint-4").is_dir()
+    prepare_train_output(out_dir, resume=False, overwrite=True)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["notes.txt"]
+    prepare_train_output(tmp_path / "new", resume=False, overwrite=False)

@@ -10,11 +10,13 @@ from typing import Any
 
 import openai
 
+from memfactory_core.config import check_key_env, key_env_allowed, restricted
 from memfactory_core.errors import MemFactoryError
 from memfactory_core.llm.base import Generation, LLMBackend, Prompt, SamplingParams, TextTokenizer
 
 # GPT-2 style pieces: a word or one punctuation mark with its leading space, else whitespace.
 _WORD_RE = re.compile(r" ?\w+| ?[^\w\s]|\s+")
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 
 
 class RegexTokenizer:
@@ -47,9 +49,12 @@ class RegexTokenizer:
 class OpenAIBackend(LLMBackend):
     """Chat completions over HTTP; a batch is sent concurrently and returned in order.
 
-    The API key is read from the environment variable named ``api_key_env`` when the backend
-    is built and is never shown in ``repr``/``str`` or error messages. Local servers that need
-    no key get the placeholder ``"EMPTY"`` when the variable is unset.
+    The API key is read from the environment variable named ``api_key_env`` (default
+    ``OPENAI_API_KEY``) when the backend is built and is never shown in ``repr``/``str`` or
+    error messages. Local servers that need no key get the placeholder ``"EMPTY"`` when the
+    variable is unset. In a process that executes submitted configs only the variables the
+    operator allowed may be named (see :func:`memfactory_core.config.check_key_env`), and the
+    default is read only when it is one of them.
     """
 
     def __init__(
@@ -57,7 +62,7 @@ class OpenAIBackend(LLMBackend):
         model: str,
         base_url: str | None = None,
         *,
-        api_key_env: str = "OPENAI_API_KEY",
+        api_key_env: str | None = None,
         max_concurrency: int = 8,
         timeout: float = 120.0,
         max_retries: int = 2,
@@ -68,17 +73,22 @@ class OpenAIBackend(LLMBackend):
             raise MemFactoryError(f"max_concurrency must be at least 1, got {max_concurrency}")
         self.model_name = model
         self.base_url = base_url
-        self.api_key_env = api_key_env
+        if api_key_env is not None:
+            check_key_env(api_key_env)
+        elif restricted() and not key_env_allowed(DEFAULT_KEY_ENV):
+            api_key_env = ""  # no key: the operator did not allow the default one
+        self.api_key_env = DEFAULT_KEY_ENV if api_key_env is None else api_key_env
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.max_retries = max_retries
         self.extra_body = dict(extra_body or {})
         self._tokenizer: TextTokenizer = tokenizer if tokenizer is not None else RegexTokenizer()
-        key = os.environ.get(api_key_env)
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
         if not key:
             if base_url is None:
                 raise MemFactoryError(
-                    f"the OpenAI API needs a key: set the environment variable {api_key_env}"
+                    "the OpenAI API needs a key: set the environment variable "
+                    f"{self.api_key_env or DEFAULT_KEY_ENV}"
                 )
             key = "EMPTY"
         self._client = openai.OpenAI(

@@ -115,7 +115,7 @@ def _llm_judge(results: Sequence[RolloutResult], p: dict[str, Any], ctx: RewardC
         from memfactory_core.llm.openai_backend import OpenAIBackend
 
         judge = OpenAIBackend(p["model"], p.get("base_url"),
-                              api_key_env=p.get("api_key_env", "OPENAI_API_KEY"))
+                              api_key_env=p.get("api_key_env"))
         ctx.cache["llm_judge"] = judge
     prompts = [[{"role": "user", "content": JUDGE_PROMPT.format(
         question=r.qa.question, answers="; ".join(r.qa.answers), prediction=r.answer or "")}]

@@ -91,6 +91,21 @@ def load_episodes_for(config: TrainConfig) -> list[Episode]:
                          exclude_ids=d.exclude_ids())
 
 
+def load_tensors(file: Path) -> Any:
+    """A checkpoint file of tensors and plain values; anything else (code objects a
+    tampered file could run on load, a damaged file) is refused with a clear error."""
+    import pickle
+
+    try:
+        return torch.load(file, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, pickle.UnpicklingError) or "weights_only" in first:
+            first = "it holds objects other than tensors and plain values"
+        raise MemFactoryError(f"checkpoint file {file} is refused: {first}. Resume from "
+                              "another checkpoint or start a new run.") from None
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The checkpoint folder with the highest step under ``output_dir``, if any."""
     found = []
@@ -501,9 +516,9 @@ class GRPOTrainer:
         weights = load_file(str(path / "adapter_model.safetensors"),
                             device=str(self.accelerator.device))
         set_peft_model_state_dict(self.peft_model, weights)
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        torch.set_rng_state(torch.load(path / "rng_state.pt", weights_only=True)["torch"])
+        self.optimizer.load_state_dict(load_tensors(path / "optimizer.pt"))
+        self.scheduler.load_state_dict(load_tensors(path / "scheduler.pt"))
+        torch.set_rng_state(load_tensors(path / "rng_state.pt")["torch"])
         state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
         self.step = int(state["step"])
 
