@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from app.auth import ThrottledAuth
 from app.context import AppContext, TabSpec
 from jobs.store import RunStore
 from memfactory_core.errors import MemFactoryError
@@ -107,7 +108,8 @@ def launch(
     check_exposure(host, auth, share)
     demo = build_app(store or RunStore(), scheduler, refresh_s=refresh_s)
     try:
-        demo.launch(server_name=host, server_port=port, auth=auth, share=share,
+        demo.launch(server_name=host, server_port=port,
+                    auth=ThrottledAuth(*auth) if auth else None, share=share,
                     prevent_thread_lock=prevent_thread_lock, quiet=quiet, css=CSS,
                     auth_message="MemFactory workbench" if auth else None,
                     inbrowser=False)
