@@ -103,3 +103,25 @@ def test_catalog_has_schemas_for_the_builder() -> None:
     assert chunker["params_schema"]["properties"]["chunk_tokens"]["default"] == 5000
     assert catalog["memory_writer"]["role"] == "policy"
     assert catalog["memory_writer"]["memory"] == "text"
+
+
+def test_memory_params_typos_and_conversation_presets() -> None:
+
+    from memfactory_core.eval import resolve_pipeline
+    from memfactory_core.eval.config import PipelineRunConfig
+
+    cfg = PipelineRunConfig(pipeline="memagent", model="tiny-random",
+                            pipeline_params={"memory": {"max_tokns": 5}})
+    with pytest.raises(ValidationError) as info:
+        resolve_pipeline(cfg)
+    assert [p.location for p in info.value.problems] == ["memory.params.max_tokns"]
+    for name in ("memory_r1", "rag"):
+        p = load_pipeline(name)
+        assert p.spec.memory.type == "bank" and not p.question_conditioned
+    spec = copy.deepcopy(load_spec("memory_r1"))
+    spec["memory"]["params"]["embeder"] = "minilm"  # type: ignore[index]
+    spec["ingest"][2]["params"]["top_k"] = -1  # type: ignore[index]
+    with pytest.raises(ValidationError) as info:
+        validate_spec(spec)
+    assert {p.location for p in info.value.problems} == {
+        "memory.params.embeder", "ingest[2] memory_manager: params.top_k"}
