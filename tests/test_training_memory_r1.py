@@ -273,15 +273,17 @@ def test_shipped_tiny_config_trains_validates_and_resumes(tmp_path: Path) -> Non
     assert step["component"] == "memory_manager" and "raw" in step["output"][0]
 
 
-def test_tiny_answer_agent_trainer(tmp_path: Path) -> None:
-    cfg = _tiny(tmp_path / "ans", trained_roles=["answer"], max_steps=1,
-                memory_r1={"bank": "add_all"})
+def test_shipped_tiny_answer_config_trains_the_answer_agent(tmp_path: Path) -> None:
+    cfg = load_config(CONFIGS_DIR / "train_memory_r1_answer_tiny.yaml",
+                      [f"output_dir={tmp_path / 'ans'}", "max_steps=2"], TrainConfig)
     trainer = GRPOTrainer(cfg)
     assert isinstance(trainer, MemoryR1Trainer) and trainer.kind == "answer"
-    assert len(trainer.episodes) == 8
+    assert len(trainer.episodes) == 8 and len(trainer.validation) == 7
     results, _ = trainer.rollout(trainer.episodes_for_step(0))
     assert all([t["role"] for t in r.turns] == ["answer"] for r in results)
     assert len(trainer.turn_samples(results, torch.ones(len(results)))) == len(results)
+    summary = trainer.train()
+    assert summary["steps"] == 2 and latest_checkpoint(tmp_path / "ans").name == "checkpoint-2"
 
 
 @pytest.mark.data
