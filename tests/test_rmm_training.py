@@ -1,0 +1,177 @@
+"""Reranker training through ``memfactory train`` and the run store: metrics, samples,
+checkpoints with the embedding dimension, exact resume, GRPO, citation and mixed rewards, and
+Recall@k of retriever vs reranker with paired intervals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from app.cli import app
+from memfactory_core.config import load_config
+from memfactory_core.errors import MemFactoryError
+from memfactory_core.eval.config import EvalConfig
+from memfactory_core.paths import ASSETS_DIR
+from memfactory_core.rerank.evaluate import compare_recall
+from memfactory_core.rerank.module import checkpoint_info, load_reranker
+from memfactory_core.training.config import TrainConfig
+from memfactory_core.training.reranker_trainer import RerankerTrainer, subset_rewards
+from tests.fakes import ScriptedLLM
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ASSETS_DIR / "configs" / "train_rmm_reranker_tiny.yaml"
+
+
+def train_cli(out: Path, *overrides: str) -> None:
+    result = CliRunner().invoke(app, ["train", str(TINY), f"output_dir={out}", *overrides,
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+
+
+def read_metrics(out: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_cli_writes_metrics_samples_and_checkpoints(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train_cli(out, "max_steps=6", "save_steps=3")
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for key in ("reward", "loss", "grad_norm", "evidence_hit_share", "recall@2", "step_time"):
+        assert all(isinstance(r[key], float) for r in rows), key
+    assert all(-1.0 <= r["reward"] <= 1.0 for r in rows)
+    sample = json.loads((out / "samples" / "step_000001.jsonl").read_text().splitlines()[0])
+    [subset] = sample["subsets"]
+    assert len(subset["selected"]) == len(subset["rewards"]) <= 2
+    evidence = set(sample["evidence"])
+    for memory, reward in zip(subset["selected"], subset["rewards"], strict=True):
+        assert reward == (1.0 if evidence & set(memory["turn_ids"]) else -1.0)
+    meta = checkpoint_info(out / "checkpoint-6")
+    assert meta["dim"] == "64" and meta["embedder"] == "hashing-64"
+    assert (out / "checkpoint-3" / "trainer_state.json").is_file()
+    moved = load_reranker(out / "checkpoint-6", dim=64)
+    assert moved.w_q.weight.abs().sum() > 0  # the module was trained
+
+
+def test_resume_continues_exactly_where_it_stopped(tmp_path: Path) -> None:
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train_cli(whole, "max_steps=6", "save_steps=100")
+    train_cli(split, "max_steps=4", "save_steps=100")
+    train_cli(split, "max_steps=6", "save_steps=100", "resume=true")
+    assert [r["step"] for r in read_metrics(split)] == [1, 2, 3, 4, 5, 6]
+    a = load_reranker(whole / "checkpoint-6")
+    b = load_reranker(split / "checkpoint-6")
+    assert torch.equal(a.w_q.weight, b.w_q.weight) and torch.equal(a.w_m.weight, b.w_m.weight)
+    assert [r["reward"] for r in read_metrics(whole)] == [r["reward"] for r in read_metrics(split)]
+
+
+def test_grpo_variant_trains_on_sampled_groups(tmp_path: Path) -> None:
+    out = tmp_path / "grpo"
+    train_cli(out, "max_steps=3", "reranker.algorithm=grpo", "reranker.group_size=3")
+    rows = read_metrics(out)
+    assert len(rows) == 3 and all(r["grad_norm"] >= 0 for r in rows)
+    sample = json.loads((out / "samples" / "step_000002.jsonl").read_text().splitlines()[0])
+    assert len(sample["subsets"]) == 3
+
+
+def tiny_config(tmp_path: Path, *overrides: str) -> TrainConfig:
+    return load_config(TINY, [f"output_dir={tmp_path / 'out'}", *overrides], TrainConfig)
+
+
+def test_citation_reward_uses_the_generators_citations(tmp_path: Path) -> None:
+    # cites the first memory shown, and one index that names none
+    llm = ScriptedLLM(lambda text: "Oslo [0] [7]")
+    cfg = tiny_config(tmp_path, "reranker.reward=citation", "max_steps=2")
+    trainer = RerankerTrainer(cfg, loader=lambda mc: llm)
+    metrics, samples = trainer.train_step()
+    [subset] = samples[0]["subsets"]
+    assert subset["citations"] == [0] and subset["out_of_range"] == [7]
+    assert subset["rewards"] == [1.0] + [-1.0] * (len(subset["selected"]) - 1)
+    shown = sum(len(s["subsets"][0]["selected"]) for s in samples)
+    assert metrics["out_of_range_citations"] == 4.0  # one per question of the step
+    assert 0 < metrics["cited_useful_share"] < 1 and shown
+    assert llm.calls  # the generator ran once per step, batched
+    assert len(llm.calls) == 1 and len(llm.calls[0][0]) == cfg.questions_per_step
+
+
+def test_mixed_reward_weighs_both_sources() -> None:
+    cfg = TrainConfig.model_validate({
+        "pipeline": "rmm_observations", "model": "tiny-random", "output_dir": "x",
+        "data": {"path": "x.json"},
+        "reranker": {"reward": "mix", "evidence_weight": 3.0, "citation_weight": 1.0}})
+    assert cfg.reranker is not None
+    assert subset_rewards([True, False], [False, False], cfg.reranker) == [0.5, -1.0]
+
+
+def test_citation_reward_without_a_citing_generator_is_refused(tmp_path: Path) -> None:
+    spec = {"name": "x", "memory": {"type": "bank", "params": {"embedder": "hashing-64"}},
+            "ingest": [{"component": "turn_segmenter"}, {"component": "given_facts"},
+                       {"component": "add_all"}],
+            "query": [{"component": "retriever", "params": {"mode": "dense"}},
+                      {"component": "reranker"}, {"component": "answer_agent"}]}
+    cfg = tiny_config(tmp_path, "reranker.reward=citation")
+    cfg = cfg.model_copy(update={"pipeline": spec, "pipeline_params": {}})
+    with pytest.raises(MemFactoryError, match="needs a citing_generator"):
+        RerankerTrainer(cfg, loader=lambda mc: ScriptedLLM())
+
+
+def recall_config(tmp_path: Path, embedder: str = "hashing-64", **reranker: object
+                  ) -> EvalConfig:
+    return EvalConfig.model_validate({
+        "pipeline": "rmm_observations", "model": "tiny-random", "output_dir": str(tmp_path),
+        "data": {"path": str(ASSETS_DIR / "data" / "conversations_sample.json")},
+        "pipeline_params": {"memory": {"embedder": embedder}, "reranker": reranker}})
+
+
+def test_untrained_reranker_recall_equals_the_dense_retrievers(tmp_path: Path) -> None:
+    cfg = recall_config(tmp_path)
+    result = compare_recall(cfg, ks=[1, 5], loader=lambda mc: ScriptedLLM())
+    assert result["n"] > 0
+    for k in (1, 5):
+        r = result["recall"][f"recall@{k}"]
+        assert r["retriever"] == r["reranker"] and r["paired"]["diff"] == 0.0
+    assert result["recall"]["recall@5"]["retriever"] > 0
+
+
+def test_trained_reranker_is_evaluated_and_another_dimension_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train_cli(out, "max_steps=20", "learning_rate=0.05")
+    cfg = recall_config(tmp_path, checkpoint=str(out / "checkpoint-20"), top_m=5)
+    result = compare_recall(cfg, ks=[5], loader=lambda mc: ScriptedLLM())
+    paired = result["recall"]["recall@5"]["paired"]
+    assert paired["n"] == result["n"] and paired["diff_low"] <= paired["diff"]
+    wrong = recall_config(tmp_path, "hashing-32", checkpoint=str(out / "checkpoint-20"))
+    with pytest.raises(MemFactoryError, match=r"64-dimensional embeddings.*32 dimensions"):
+        compare_recall(wrong, ks=[5], loader=lambda mc: ScriptedLLM())
+
+
+def test_a_reranker_run_through_the_store_streams_its_metrics(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    from jobs.store import RunStore
+    from jobs.submit import submit_run
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEMFACTORY_HOME", str(home))
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    store = RunStore(url=url)
+    run = submit_run(store, "train", TINY, ["max_steps=5", "save_steps=5"], base_dir=REPO)
+    claimed = store.claim_next("test-worker")
+    assert claimed is not None and claimed.id == run.id
+    env = {**os.environ, "MEMFACTORY_DB_URL": url, "MEMFACTORY_HOME": str(home),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "jobs.entry", str(run.id)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    done = store.get_run(run.id)
+    assert done.status == "succeeded", done.error
+    series = store.metrics(run.id)[run.id]
+    assert series["reward"][0] == [1, 2, 3, 4, 5]
+    assert "evidence_hit_share" in series and "recall@2" in series
+    assert (Path(done.output_dir) / "checkpoint-5" / "reranker.safetensors").is_file()
