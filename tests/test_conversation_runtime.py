@@ -87,7 +87,7 @@ def test_manager_edits_the_bank_and_the_trace_records_diffs() -> None:
                                    "after": "Ann lives in Bergen."}], "deleted": []},
     ]
     assert manage[2].extra["ops"]["UPDATE"] == 1 and manage[2].extra["malformed"] == 0
-    assert manage[2].output[0]["shown"][0] == "m1"
+    assert manage[2].output[0]["shown"][0] == {"id": "m1", "text": "Ann lives in Oslo."}
     assert all(s.memory_before is None and s.memory_after is None for s in manage)
     retrieve = r.trace.steps_of("retriever")[0]
     assert retrieve.extra["retrieved"][0]["turn_ids"] == ["D1:1", "D2:1"]

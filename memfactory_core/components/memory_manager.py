@@ -119,12 +119,13 @@ class MemoryManagerParams(BaseModel):
 
 
 def manager_prompt(template: str, bank: MemoryBank, fact: Fact, top_k: int,
-                   mode: SearchMode) -> tuple[Prompt, list[str]]:
-    """The decision prompt for ``fact`` and the ids of the similar entries it shows."""
+                   mode: SearchMode) -> tuple[Prompt, list[dict[str, str]]]:
+    """The decision prompt for ``fact`` and the similar entries it shows (id and text)."""
     similar = [e for e, _ in bank.search(fact.text, top_k, mode)] if top_k and len(bank) else []
-    memories = json.dumps([{"id": e.id, "text": e.text} for e in similar], ensure_ascii=False)
-    content = fill(template, fact=fact.text, memories=memories, time=fact.time or "unknown")
-    return [{"role": "user", "content": content}], [e.id for e in similar]
+    shown = [{"id": e.id, "text": e.text} for e in similar]
+    content = fill(template, fact=fact.text, memories=json.dumps(shown, ensure_ascii=False),
+                   time=fact.time or "unknown")
+    return [{"role": "user", "content": content}], shown
 
 
 def apply_reply(bank: MemoryBank, fact: Fact, text: str) -> dict[str, Any]:
@@ -179,7 +180,7 @@ class MemoryManager(LLMComponent):
                 bank = state.memory
                 assert isinstance(bank, MemoryBank)
                 decision = apply_reply(bank, facts[j][i], p.reply_prefix + gen.text)
-                decision["shown"] = ids
+                decision["shown"] = ids  # the entries the manager saw, as they were
                 decisions[j].append(decision)
                 tokens[j][0] += gen.prompt_tokens
                 tokens[j][1] += gen.completion_tokens
