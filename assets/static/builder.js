@@ -8,6 +8,7 @@ const memoryKinds = Object.fromEntries(catalog.memory.map((m) => [m.type, m]));
 let view = {};
 let selected = null;
 let syncing = false;
+let dragging = false;  // no redraw while a drag is under way: it would drop the dragged item
 
 const esc = (s) => String(s ?? '').replace(/[&<>"']/g,
   (c) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]));
@@ -31,11 +32,12 @@ function newId(component, taken) {
   return base + '_' + n;
 }
 
-function send(draft, sel) {
+function send(draft, sel, keepForm) {
   if (sel !== undefined) selected = sel;
   view.draft = draft;
+  element.dataset.busy = '1';  // until the server's answer is drawn
   trigger('edit', {draft: JSON.stringify(draft), selected: selected});
-  draw();
+  draw(keepForm);
 }
 
 // Read the lanes back from the DOM after a drag: known slots by id, new ones from the palette.
@@ -64,6 +66,13 @@ function syncFromDom() {
   let sel = added || selected;
   if (sel && sel !== 'memory' && !present.has(sel)) sel = null;
   send(draft, sel);
+}
+
+function dragStart() { dragging = true; }
+
+function dragEnd() {
+  dragging = false;
+  scheduleSync();
 }
 
 function scheduleSync() {
@@ -220,6 +229,28 @@ function drawForm() {
   box.innerHTML = html;
 }
 
+// Mark the form's fields with the latest problems without redrawing it (keeps the focus
+// and what is being typed).
+function markForm() {
+  const box = $('.mfb-form');
+  const problems = selected === 'memory'
+    ? ((view.check || {}).problems || []).filter((p) => p.lane === 'memory')
+    : problemsOf(selected);
+  for (const label of box.querySelectorAll('label[data-field]')) {
+    const name = label.dataset.field;
+    const bad = problems.filter((p) => (name === 'role' ? /: role$/.test(p.location)
+      : p.param === name));
+    label.classList.toggle('mfb-bad', bad.length > 0);
+    for (const old of label.querySelectorAll('.mfb-error')) old.remove();
+    for (const p of bad) {
+      const small = document.createElement('small');
+      small.className = 'mfb-error';
+      small.textContent = p.message;
+      label.appendChild(small);
+    }
+  }
+}
+
 function onFormChange(ev) {
   const el = ev.target;
   const d = JSON.parse(JSON.stringify(view.draft));
@@ -228,7 +259,7 @@ function onFormChange(ev) {
     const v = readField(el);
     if (v === undefined) delete params[el.dataset.param]; else params[el.dataset.param] = v;
     d.memory.params = params;
-    send(d);
+    send(d, undefined, true);
     return;
   }
   const found = selectedSlot();
@@ -243,7 +274,7 @@ function onFormChange(ev) {
     else slot.params[el.dataset.param] = v;
   }
   d[lane][i] = slot;
-  send(d);
+  send(d, undefined, true);
 }
 
 function makeSortables() {
@@ -252,12 +283,12 @@ function makeSortables() {
   for (const el of element.querySelectorAll('.mfb-pal-list')) {
     if (Sortable.get(el)) continue;
     Sortable.create(el, {group: {name: 'mf-pipeline', pull: 'clone', put: false},
-      sort: false, animation: 120, onEnd: scheduleSync});
+      sort: false, animation: 120, onStart: dragStart, onEnd: dragEnd});
   }
   for (const el of element.querySelectorAll('.mfb-lane')) {
     if (Sortable.get(el)) continue;
     Sortable.create(el, {group: group, animation: 120, removeOnSpill: true,
-      onEnd: scheduleSync});
+      onStart: dragStart, onEnd: dragEnd});
   }
   const trash = $('.mfb-trash');
   if (trash && !Sortable.get(trash)) {
@@ -266,10 +297,10 @@ function makeSortables() {
   }
 }
 
-function draw() {
+function draw(keepForm) {
   drawLanes();
   drawProblems();
-  drawForm();
+  if (keepForm) markForm(); else drawForm();
   makeSortables();
 }
 
@@ -307,9 +338,14 @@ function redrawAll() {
 }
 
 watch('value', () => {
+  if (dragging) return;  // the drag's end sends the newer draft
+  const before = selected;
   parseValue();
   if (!element.querySelector('.mfb-pal-list')) drawPalette();
-  draw();
+  // while a field of the form has the focus, only its marks change
+  const typing = $('.mfb-form').contains(document.activeElement) && selected === before;
+  draw(typing);
+  element.dataset.busy = '0';
 });
 
 if (typeof Sortable === 'undefined') {
