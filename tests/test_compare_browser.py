@@ -66,7 +66,7 @@ def page(browser: Any) -> Iterator[Any]:
                                   accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(30_000)
-    sync_api.expect.set_options(timeout=20_000)  # a shared CPU can be slow to answer
+    sync_api.expect.set_options(timeout=60_000)  # a shared CPU can be slow to answer
     try:
         yield page
     finally:

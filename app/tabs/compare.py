@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 RUN_LIST_LIMIT = 500
 """The newest runs the pickers offer."""
-REFRESH_S = 5.0
+REFRESH_S = 2.0
+"""Seconds between two reads of the run list while the tab is visible."""
 DIFF_HEADERS = ["setting"]
 QUIET: dict[str, Any] = {"show_progress": "hidden", "api_visibility": "private"}
 
@@ -94,9 +95,9 @@ def _optional(figure: Any) -> Any:
 
 
 # ------------------------------------------------------------------------ the tab
-def create_compare_tab(store: RunStore) -> dict[str, Any]:
+def create_compare_tab(store: RunStore, refresh_s: float = REFRESH_S) -> dict[str, Any]:
     """Build the tab's components inside the current ``gr.Tab`` and wire them; returns them
-    by name (``timer`` polls the run list)."""
+    by name (``timer`` polls the run list every ``refresh_s`` seconds)."""
     with gr.Row():
         kind_f = gr.Dropdown(["eval", "train"], value=[], multiselect=True, label="Kind",
                              scale=1, elem_id="compare-kind")
@@ -163,7 +164,7 @@ def create_compare_tab(store: RunStore) -> dict[str, Any]:
     export_file = gr.File(label="Export", interactive=False, elem_id="compare-export")
     questions_state = gr.State({})
     seen = gr.State({})
-    timer = gr.Timer(REFRESH_S)
+    timer = gr.Timer(refresh_s)
 
     # --------------------------------------------------------------- callbacks
     def list_choices(kinds: list[str], statuses: list[str], pipelines: list[str],
@@ -330,14 +331,22 @@ def create_compare_tab(store: RunStore) -> dict[str, Any]:
     for f in (kind_f, status_f, pipeline_f, tag_f):
         f.input(list_choices, filters, list_outputs, **QUIET)
     timer.tick(list_choices, filters, list_outputs, **QUIET)
-    runs_dd.change(on_runs, [runs_dd, base_dd, other_dd, note_run],
-                   [base_dd, other_dd, note_run], **QUIET)
-    for trigger in (runs_dd.change, base_dd.change, diff_only.change, cluster.change):
-        trigger(build, build_inputs, build_outputs, trigger_mode="always_last", **QUIET)
-    metric_dd.input(build, build_inputs, build_outputs, trigger_mode="always_last", **QUIET)
+    # One chain per user action, so that a change builds the comparison once (updates made
+    # by a callback fire .change but not .input).
+    selection = runs_dd.change(on_runs, [runs_dd, base_dd, other_dd, note_run],
+                               [base_dd, other_dd, note_run], trigger_mode="always_last",
+                               **QUIET)
+    selection.then(build, build_inputs, build_outputs, **QUIET).then(
+        questions, q_inputs, q_outputs, **QUIET)
+    for control in (base_dd, metric_dd):
+        control.input(build, build_inputs, build_outputs, trigger_mode="always_last",
+                      **QUIET).then(questions, q_inputs, q_outputs, **QUIET)
+    for control in (diff_only, cluster):
+        control.input(build, build_inputs, build_outputs, trigger_mode="always_last",
+                      **QUIET)
     smoothing.release(build, build_inputs, build_outputs, **QUIET)
-    for trigger in (base_dd.change, other_dd.change, metric_dd.change):
-        trigger(questions, q_inputs, q_outputs, trigger_mode="always_last", **QUIET)
+    other_dd.input(questions, q_inputs, q_outputs, trigger_mode="always_last", **QUIET)
+
     def on_win(state: dict[str, Any], evt: gr.SelectData) -> str:
         return show_traces("wins", state, evt)
 
@@ -368,7 +377,7 @@ def register(ctx: AppContext) -> None:
     visible) and the comparison endpoints."""
     from app.tabs.compare_api import register_api
 
-    parts = create_compare_tab(ctx.store)
+    parts = create_compare_tab(ctx.store, ctx.refresh_s)
     ctx.shared["compare"] = {k: v for k, v in parts.items() if k != "list_choices"}
     ctx.poller("compare", parts["timer"])
     if ctx.demo is not None:
