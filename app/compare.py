@@ -173,7 +173,7 @@ def config_diff(configs: Mapping[str, Mapping[str, Any] | None], differences_onl
     for key in keys:
         if any(key == i or key.startswith(i + ".") for i in ignore):
             continue
-        values = [f.get(key, ABSENT) if key in f else ABSENT for f in flat.values()]
+        values = [f.get(key, ABSENT) for f in flat.values()]
         differs = len(values) > 1 and not _same(values)
         if differences_only and not differs:
             continue
