@@ -160,3 +160,24 @@ def test_session_segmenter_and_llm_extractor_attribute_facts() -> None:
     entries = {e.text: e for e in r.memory.active()}
     assert entries["Bo has a cat."].speaker == "Bo"
     assert entries["Bo has a cat."].turn_ids == ["D1:2"]
+
+
+def test_retriever_per_speaker_takes_top_k_of_each_speaker() -> None:
+    from memfactory_core.components import ComponentContext, Retriever, RolloutState
+    from memfactory_core.components.retriever import RetrieverParams
+    from memfactory_core.retrieval import HashingEmbedder
+    from tests.fakes import CharTokenizer
+
+    bank = MemoryBank(HashingEmbedder(64))
+    for i in range(4):
+        bank.add(f"Ann went hiking in the hills, trip {i}", "Ann", [f"D1:{i}"])
+    bank.add("Bo went to the cinema", "Bo", ["D2:1"])
+    ctx = ComponentContext(llm=None, tokenizer=CharTokenizer(), sampling=None)  # type: ignore[arg-type]
+    state = RolloutState(id="r", values={"question": "who went hiking?"}, memory=bank)
+    plain = Retriever(RetrieverParams(mode="hybrid", top_k=2), ctx, None)
+    plain.run([state])
+    assert {e["speaker"] for e in state.values["retrieved"]} == {"Ann"}
+    each = Retriever(RetrieverParams(mode="hybrid", top_k=2, per_speaker=True), ctx, None)
+    each.run([state])
+    speakers = [e["speaker"] for e in state.values["retrieved"]]
+    assert sorted(speakers) == ["Ann", "Ann", "Bo"]
