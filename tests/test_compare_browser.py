@@ -121,7 +121,7 @@ def test_compare_two_evaluations(app: tuple[str, RunStore, int, int], page: Any)
     # the first run picked is the base
     choose(page, "compare-runs", f"#{base} base")
     choose(page, "compare-runs", f"#{trained} trained")
-    expect(page.locator("#compare-summary")).to_contain_text(f"base #{base} base")
+    expect(page.locator("#compare-summary")).to_contain_text(f"2 run(s), base #{base} base")
     table = page.locator("#compare-table")
     em_row = table.locator("tr").filter(has_text=f"#{trained} trained").filter(
         has_text="em").first

@@ -188,9 +188,10 @@ def create_compare_tab(store: RunStore, refresh_s: float = REFRESH_S) -> dict[st
         return (gr.update(choices=choices), opts("status", statuses),
                 opts("pipeline", pipelines), opts("tag", tags), state)
 
-    def on_runs(selected: list[int], base: int | None, other: int | None,
-                note_id: int | None) -> tuple[Any, ...]:
-        ids = _ints(selected)
+    def pickers(ids: list[int], base: int | None, other: int | None,
+                note_id: int | None) -> tuple[list[Any], int | None, int | None]:
+        """The base, compared-run and notes pickers for the selected runs (a value kept when
+        it is still selected); returns their updates, the base and the compared run."""
         listed = {r.id: r for r in store.list_runs(limit=RUN_LIST_LIMIT)}
         labels = [(compare.run_label(listed[i]) if i in listed else f"#{i}", i) for i in ids]
         base_v = int(base) if base is not None and int(base) in ids else (ids[0] if ids
@@ -200,18 +201,19 @@ def create_compare_tab(store: RunStore, refresh_s: float = REFRESH_S) -> dict[st
             else (others[0][1] if others else None)
         note_v = int(note_id) if note_id is not None and int(note_id) in ids else (
             ids[0] if ids else None)
-        return (gr.update(choices=labels, value=base_v), gr.update(choices=others, value=other_v),
-                gr.update(choices=labels, value=note_v))
+        return ([gr.update(choices=labels, value=base_v),
+                 gr.update(choices=others, value=other_v),
+                 gr.update(choices=labels, value=note_v)], base_v, other_v)
 
-    def build(selected: list[int], base: int | None, differences_only: bool,
+    def build(ids: list[int], base: int | None, differences_only: bool,
               by_episode: bool, metric: str | None, smoothing_value: float
-              ) -> tuple[Any, ...]:
-        ids = _ints(selected)
+              ) -> tuple[tuple[Any, ...], str | None]:
+        """The comparison's outputs, and the metric picked."""
         if not ids:
             empty = empty_figure("Pick runs to compare")
             return ("Pick runs to compare.", table_frame([], compare.DISPLAY_COLUMNS),
                     table_frame([], DIFF_HEADERS), empty, _optional(None), _optional(None),
-                    gr.update(choices=[], value=None))
+                    gr.update(choices=[], value=None)), None
         try:
             runs, comparison = compare.compare_stored_runs(
                 store, ids, base if base is not None and int(base) in ids else None,
@@ -220,7 +222,7 @@ def create_compare_tab(store: RunStore, refresh_s: float = REFRESH_S) -> dict[st
             empty = empty_figure("No comparison")
             return (f"**Cannot compare.** {err}", table_frame([], compare.DISPLAY_COLUMNS),
                     table_frame([], DIFF_HEADERS), empty, _optional(None), _optional(None),
-                    gr.skip())
+                    gr.skip()), metric
         metrics = list(dict.fromkeys(m for r in runs for m in r.metrics))
         metric_v = metric if metric in metrics else (metrics[0] if metrics else None)
         t0 = time.perf_counter()
@@ -232,7 +234,7 @@ def create_compare_tab(store: RunStore, refresh_s: float = REFRESH_S) -> dict[st
                 diff_frame(comparison), figures["Parallel coordinates"],
                 _optional(figures.get("Training curves")),
                 _optional(figures.get("By context length")),
-                gr.update(choices=metrics, value=metric_v))
+                gr.update(choices=metrics, value=metric_v)), metric_v
 
     def questions(base: int | None, other: int | None, metric: str | None
                   ) -> tuple[Any, ...]:
@@ -256,6 +258,17 @@ def create_compare_tab(store: RunStore, refresh_s: float = REFRESH_S) -> dict[st
                                   compare.QUESTION_COLUMNS),
                 table_frame(compare.question_rows(view["losses"]), compare.QUESTION_COLUMNS),
                 state, "")
+
+    def update(selected: list[int], base: int | None, other: int | None,
+               note_id: int | None, differences_only: bool, by_episode: bool,
+               metric: str | None, smoothing_value: float) -> tuple[Any, ...]:
+        """Everything the selection drives, in one event: the pickers, the comparison and
+        the per-question view always agree."""
+        ids = _ints(selected)
+        picker_updates, base_v, other_v = pickers(ids, base, other, note_id)
+        built, metric_v = build(ids, base_v, differences_only, by_episode, metric,
+                                smoothing_value)
+        return (*picker_updates, *built, *questions(base_v, other_v, metric_v))
 
     def show_traces(which: str, state: dict[str, Any], evt: gr.SelectData) -> str:
         keys = (state or {}).get(which) or []
@@ -324,28 +337,18 @@ def create_compare_tab(store: RunStore, refresh_s: float = REFRESH_S) -> dict[st
     # ------------------------------------------------------------------ wiring
     filters = [kind_f, status_f, pipeline_f, tag_f, runs_dd, seen]
     list_outputs = [runs_dd, status_f, pipeline_f, tag_f, seen]
-    build_inputs = [runs_dd, base_dd, diff_only, cluster, metric_dd, smoothing]
-    build_outputs = [summary, table, diff, parallel, curves, lengths, metric_dd]
-    q_inputs = [base_dd, other_dd, metric_dd]
-    q_outputs = [q_summary, wins, losses, questions_state, traces]
     for f in (kind_f, status_f, pipeline_f, tag_f):
         f.input(list_choices, filters, list_outputs, **QUIET)
     timer.tick(list_choices, filters, list_outputs, **QUIET)
-    # One chain per user action, so that a change builds the comparison once (updates made
-    # by a callback fire .change but not .input).
-    selection = runs_dd.change(on_runs, [runs_dd, base_dd, other_dd, note_run],
-                               [base_dd, other_dd, note_run], trigger_mode="always_last",
-                               **QUIET)
-    selection.then(build, build_inputs, build_outputs, **QUIET).then(
-        questions, q_inputs, q_outputs, **QUIET)
-    for control in (base_dd, metric_dd):
-        control.input(build, build_inputs, build_outputs, trigger_mode="always_last",
-                      **QUIET).then(questions, q_inputs, q_outputs, **QUIET)
-    for control in (diff_only, cluster):
-        control.input(build, build_inputs, build_outputs, trigger_mode="always_last",
-                      **QUIET)
-    smoothing.release(build, build_inputs, build_outputs, **QUIET)
-    other_dd.input(questions, q_inputs, q_outputs, trigger_mode="always_last", **QUIET)
+    # One listener for every control: a page runs one of its events at a time and then the
+    # latest pending one, so a slow build never overwrites a newer one (a callback's own
+    # updates fire .change, not .input).
+    gr.on([runs_dd.change, base_dd.input, other_dd.input, metric_dd.input, diff_only.input,
+           cluster.input, smoothing.release], update,
+          [runs_dd, base_dd, other_dd, note_run, diff_only, cluster, metric_dd, smoothing],
+          [base_dd, other_dd, note_run, summary, table, diff, parallel, curves, lengths,
+           metric_dd, q_summary, wins, losses, questions_state, traces],
+          trigger_mode="always_last", **QUIET)
 
     def on_win(state: dict[str, Any], evt: gr.SelectData) -> str:
         return show_traces("wins", state, evt)
