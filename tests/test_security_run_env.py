@@ -149,6 +149,7 @@ def probe_config(base_url: str, key_env: str | None) -> dict[str, Any]:
     return config
 
 
+@pytest.mark.slow
 def test_exfiltration_probe_records_nothing_secret(
         secrets: None, listener: tuple[str, list[str]], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
