@@ -35,6 +35,7 @@ from memfactory_core.metrics.paired import (
     mean_ci,
     mean_ci_many,
     paired_bootstrap_many,
+    resampled_means,
 )
 
 CONFIDENCE = 0.95
@@ -483,10 +484,12 @@ def episodes(run: RunResults, rows: np.ndarray) -> np.ndarray:
 
 def _paired_diffs(base: RunResults, other: RunResults, bi: np.ndarray, oi: np.ndarray,
                   metrics: Sequence[str], confidence: float, n_resamples: int,
-                  seed: int, cluster: bool = False) -> dict[str, PairedDiff]:
+                  seed: int, cluster: bool = False,
+                  memo: dict[Any, np.ndarray] | None = None) -> dict[str, PairedDiff]:
     """Paired differences of ``metrics`` on the rows given; metrics scored on every paired
     row share one resample draw, the others are paired on the rows where both have a score.
-    ``cluster``: resample the base's episodes rather than single questions."""
+    ``cluster``: resample the base's episodes rather than single questions. ``memo`` keeps
+    the base's resampled means for the next run paired on the same questions."""
     cols = [(m, base.metrics.index(m), other.metrics.index(m)) for m in metrics
             if m in base.metrics and m in other.metrics]
     if not cols:
@@ -499,8 +502,14 @@ def _paired_diffs(base: RunResults, other: RunResults, bi: np.ndarray, oi: np.nd
     out: dict[str, PairedDiff] = {}
     if full.any():
         fi = np.flatnonzero(full)
+        key = (bi.tobytes(), tuple(cols[j][1] for j in fi))
+        base_res = memo.get(key) if memo is not None else None
+        if base_res is None and bi.size:
+            base_res = resampled_means(a[:, fi], n_resamples, seed, groups)
+            if memo is not None:
+                memo[key] = base_res
         for j, d in zip(fi, paired_bootstrap_many(a[:, fi], b[:, fi], confidence, n_resamples,
-                                                  seed, groups), strict=True):
+                                                  seed, groups, base_res), strict=True):
             out[cols[j][0]] = d
     for j in np.flatnonzero(~full):
         rows = both[:, j]
@@ -571,11 +580,12 @@ def evaluation_table(runs: Sequence[RunResults], base: int | None = 0,
     for group, field_name, value in _groups(runs):
         masks = {i: _mask(r, field_name, value) for i, r in enumerate(runs) if r.has_records}
         pairs: dict[int, dict[str, PairedDiff]] = {}
+        memo: dict[Any, np.ndarray] = {}
         for i, (bi, oi) in paired_rows.items():
             assert base is not None
             keep = masks[base][bi] & masks[i][oi]
             pairs[i] = _paired_diffs(runs[base], runs[i], bi[keep], oi[keep], names,
-                                     confidence, n_resamples, seed, cluster)
+                                     confidence, n_resamples, seed, cluster, memo)
         for i, r in enumerate(runs):
             present = [m for m in names if m in r.metrics]
             if r.has_records:

@@ -45,6 +45,7 @@ from memfactory_core.metrics.paired import (
     paired_bootstrap_many,
     relative_change,
     resample_counts,
+    resampled_means,
 )
 from memfactory_core.metrics.stats import bootstrap_ci
 from tests.compare_fixtures import eval_config, make_records, results_doc, write_results
@@ -107,6 +108,12 @@ def test_many_metrics_equal_one_at_a_time() -> None:
         one = paired_bootstrap(a[:, j], b[:, j], seed=5)
         assert many[j].diff_low == pytest.approx(one.diff_low, abs=1e-12)
         assert many[j].rel_high == pytest.approx(one.rel_high, abs=1e-12)
+    # the base's resampled means handed in (shared by several compared runs): same numbers
+    reused = paired_bootstrap_many(a, b, seed=5, base_resampled=resampled_means(a, seed=5))
+    for got, want in zip(reused, many, strict=True):
+        assert got.as_dict() == pytest.approx(want.as_dict(), abs=1e-12)
+    with pytest.raises(ValueError, match="base_resampled has shape"):
+        paired_bootstrap_many(a, b, base_resampled=np.zeros((10, 3)))
 
 
 @pytest.mark.parametrize("n", [1, 2, 37, 5000])

@@ -182,10 +182,13 @@ def paired_bootstrap(base: Sequence[float] | np.ndarray, other: Sequence[float] 
 
 def paired_bootstrap_many(base: np.ndarray, other: np.ndarray, confidence: float = 0.95,
                           n_resamples: int = 2000, seed: int = 0,
-                          clusters: Sequence[Any] | np.ndarray | None = None
-                          ) -> list[PairedDiff]:
+                          clusters: Sequence[Any] | np.ndarray | None = None,
+                          base_resampled: np.ndarray | None = None) -> list[PairedDiff]:
     """:func:`paired_bootstrap` of ``k`` metrics at once: ``base`` and ``other`` are
-    ``(n, k)`` arrays (row i: question i in both), one resample draw for all of them."""
+    ``(n, k)`` arrays (row i: question i in both), one resample draw for all of them.
+
+    ``base_resampled``: :func:`resampled_means` of ``base`` with the same settings, when the
+    caller already has it (several runs compared with one base on the same questions)."""
     _check(confidence)
     a = np.asarray(base, dtype=np.float64)
     b = np.asarray(other, dtype=np.float64)
@@ -201,10 +204,19 @@ def paired_bootstrap_many(base: np.ndarray, other: np.ndarray, confidence: float
         raise ValueError("paired_bootstrap got a NaN or infinite score")
     base_means = a.mean(axis=0)
     other_means = b.mean(axis=0)
-    means = resampled_means(np.concatenate([a, b - a], axis=1), n_resamples, seed, clusters)
-    diff_low, diff_high = _interval(means[:, k:], confidence)
+    if base_resampled is None:
+        means = resampled_means(np.concatenate([a, b - a], axis=1), n_resamples, seed,
+                                clusters)
+        base_res, diff_res = means[:, :k], means[:, k:]
+    else:
+        if base_resampled.shape != (n_resamples, k):
+            raise ValueError(f"base_resampled has shape {base_resampled.shape}, expected "
+                             f"{(n_resamples, k)}")
+        base_res = base_resampled
+        diff_res = resampled_means(b - a, n_resamples, seed, clusters)
+    diff_low, diff_high = _interval(diff_res, confidence)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = np.clip(relative_change(means[:, k:], means[:, :k]), -_HUGE, _HUGE)
+        ratios = np.clip(relative_change(diff_res, base_res), -_HUGE, _HUGE)
     rel_lows, rel_highs = _interval(ratios, confidence)
     out = []
     for j in range(k):
