@@ -90,11 +90,14 @@ def test_a_signal_stops_training_after_the_step_with_a_checkpoint_then_resume(
     state = json.loads((out / f"checkpoint-{last}" / "trainer_state.json").read_text())
     assert state["step"] == last
 
-    # the same command with resume=true goes on from that checkpoint
+    # the same command with resume=true goes on from that checkpoint: the steps already
+    # logged stay as they were (a restart from step 1 would log them again, differently)
+    before = (out / "metrics.jsonl").read_text()
     resumed = train(env, out, f"max_steps={last + 2}", "resume=true")
     output = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, output
     assert steps_logged(out) == list(range(1, last + 3))  # none lost, none repeated
+    assert (out / "metrics.jsonl").read_text().startswith(before)
     assert f"done at step {last + 2}" in output
     assert (out / f"checkpoint-{last + 2}" / "adapter_model.safetensors").is_file()
 
