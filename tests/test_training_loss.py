@@ -9,7 +9,7 @@ import pytest
 import torch
 from trl.trainer.grpo_trainer import GRPOTrainer as TRLGRPOTrainer
 
-from memfactory_core.training.loss import grpo_loss
+from memfactory_core.training.loss import grpo_loss, micro_batch_share
 
 
 class _Accelerator:
@@ -93,3 +93,46 @@ def test_on_policy_ratio_is_one_and_unknown_type_rejected() -> None:
         grpo_loss(logps, None, None, torch.ones(2), torch.ones(2, 3), loss_type="ppo")
     with pytest.raises(ValueError, match="reference"):
         grpo_loss(logps, None, None, torch.ones(2), torch.ones(2, 3), beta=0.1)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_uneven_micro_batches_add_up_to_trl_on_the_whole_batch(loss_type: str) -> None:
+    """Token-budgeted micro-batches differ in size: weighted by ``micro_batch_share`` their
+    losses and gradients sum to TRL's loss on the whole batch with no accumulation."""
+    g = torch.Generator().manual_seed(1)
+    b, t, max_len = 7, 6, 8
+    lengths = torch.tensor([6, 1, 4, 2, 6, 3, 5])
+    mask = (torch.arange(t)[None, :] < lengths[:, None]).long()
+    base = -torch.rand(b, t, generator=g) * 3
+    old = base + torch.randn(b, t, generator=g) * 0.3
+    ref = base + torch.randn(b, t, generator=g) * 0.2
+    adv = torch.randn(b, generator=g)
+    total_tokens = int(mask.sum())
+
+    ours_logps = base.clone().requires_grad_(True)
+    total = torch.zeros(())
+    for rows in (slice(0, 1), slice(1, 4), slice(4, 7)):  # 1, 3 and 3 rows
+        out = grpo_loss(ours_logps[rows], old[rows], ref[rows], adv[rows], mask[rows],
+                        loss_type=loss_type, beta=0.04, epsilon_low=0.2, epsilon_high=0.28,
+                        max_completion_length=max_len, num_items_in_batch=total_tokens)
+        share = micro_batch_share(loss_type, rows.stop - rows.start, out.tokens, b,
+                                  total_tokens)
+        (out.loss * share).backward()
+        total = total + out.loss.detach() * share
+
+    trl_logps = base.clone().requires_grad_(True)
+    fake = _trl_self(trl_logps, loss_type, 0.04, 0.2, 0.28, 1, max_len)
+    fake.args.steps_per_generation = 1
+    inputs = {
+        "prompt_ids": torch.zeros(b, 2, dtype=torch.long),
+        "prompt_mask": torch.ones(b, 2, dtype=torch.long),
+        "completion_ids": torch.zeros(b, t, dtype=torch.long), "completion_mask": mask,
+        "advantages": adv, "old_per_token_logps": old, "ref_per_token_logps": ref,
+        "num_items_in_batch": torch.tensor(float(total_tokens)),
+    }
+    theirs = TRLGRPOTrainer._compute_loss(fake, None, inputs)
+    theirs.backward()
+    assert total.item() == pytest.approx(theirs.item(), abs=1e-5)
+    assert torch.allclose(ours_logps.grad, trl_logps.grad, atol=1e-6)
+    with pytest.raises(ValueError, match="loss_type"):
+        micro_batch_share("ppo", 1, 1, 1, 1)

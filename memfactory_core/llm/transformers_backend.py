@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,12 +49,54 @@ class HFTextTokenizer:
         return f"HFTextTokenizer({type(self.hf).__name__}, vocab={len(self.hf)})"
 
 
+# glibc's mallopt parameter: allocations at least this large get their own mapping
+_M_MMAP_THRESHOLD = -3
+HOST_MMAP_THRESHOLD = 128 * 1024
+
+
+@functools.cache
+def _libc() -> Any:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return libc if libc is not None and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
+@functools.cache
+def limit_allocator_slack() -> bool:
+    """Make glibc give every freed tensor of 128 KB or more back to the system at once.
+
+    By default glibc raises its mmap threshold each time a large block is freed (up to
+    32 MB), so the activations of a forward/backward pass then come from its heap, which it
+    seldom returns: measured on one SmolLM2 forward/backward of 4 x 596 tokens, RSS peaked
+    at 5.4 GB with the default and 1.4 GB with a fixed threshold, for the same step time.
+    Setting the threshold explicitly turns that adjustment off for the whole process (as
+    ``MALLOC_MMAP_THRESHOLD_=131072`` would). True where it applied (glibc), else False.
+    """
+    libc = _libc()
+    return bool(libc is not None and libc.mallopt(_M_MMAP_THRESHOLD, HOST_MMAP_THRESHOLD))
+
+
+def release_free_memory() -> None:
+    """Hand memory that glibc holds but nothing uses back to the system (``malloc_trim``;
+    a no-op elsewhere)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"cpu"`` -> CPU; ``"auto"`` -> CUDA when available; anything else as given."""
-    if device is None:
+    """``None``/``"auto"`` -> CUDA when available, else Apple's MPS when available, else the
+    CPU (as TRL and accelerate choose); anything else as given (``"cpu"``, ``"cuda:1"``)."""
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
         return torch.device("cpu")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
@@ -74,10 +119,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 class TransformersBackend(LLMBackend):
     """Chat generation with a local transformers causal LM, batched and left padded.
 
-    Build it from a model folder (safetensors only), or from a model and tokenizer that are
-    already loaded (a PEFT model during training). A loaded model is never copied: it stays on
-    its device unless ``device`` is given, keeps its train/eval mode (generation switches to
-    eval mode and back), and sees its latest weights at every call.
+    Build it from a model folder (safetensors only; on the GPU when there is one unless
+    ``device`` says otherwise), or from a model and tokenizer that are already loaded (a PEFT
+    model during training). A loaded model is never copied: it stays on its device unless
+    ``device`` is given, keeps its train/eval mode (generation switches to eval mode and
+    back), and sees its latest weights at every call.
     """
 
     def __init__(
@@ -97,6 +143,8 @@ class TransformersBackend(LLMBackend):
         if isinstance(model, str | Path):
             path = str(model)
             target = resolve_device(device)
+            if target.type == "cpu":
+                limit_allocator_slack()
             try:
                 self.model = AutoModelForCausalLM.from_pretrained(
                     path,

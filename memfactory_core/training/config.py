@@ -99,6 +99,15 @@ class TrainConfig(PipelineRunConfig):
     gradient_accumulation_steps: int | None = Field(
         None, ge=1, description="Micro-batches per step (None: as many as the turns need)."
     )
+    max_tokens_per_micro_batch: int | None = Field(
+        8192, ge=1,
+        description="Token budget of a micro-batch, rows x padded length (a longer turn goes "
+        "alone); None: no budget. The step's loss does not depend on how turns are split.",
+    )
+    gradient_checkpointing: bool = Field(
+        True, description="Recompute each layer's activations in the backward pass instead "
+        "of keeping them (TRL's default; far less memory, about a third more compute).",
+    )
     num_iterations: int = Field(1, ge=1, description="Optimizer passes over each step's turns.")
     beta: float = Field(0.0, ge=0.0, description="KL coefficient to the adapter-free base.")
     epsilon: float = Field(0.2, gt=0.0)
@@ -130,13 +139,13 @@ class TrainConfig(PipelineRunConfig):
     device: str | None = Field(None, description="cpu, cuda, ... (None: cuda when available).")
     rollout_backend: Literal["transformers", "vllm"] = "transformers"
     vllm_options: dict[str, Any] = Field(default_factory=dict)
-    reranker: RerankerTrainingConfig | None = Field(
-        None, description="Train the pipeline's reranker (a torch module, RMM) instead of an "
-        "LLM policy: REINFORCE or GRPO over sampled top-M subsets.",
-    )
     memory_r1: MemoryR1Options | None = Field(
         None, description="Train Memory-R1's memory manager or answer agent on one-step "
         "samples (see memfactory_core.training.memory_r1).",
+    )
+    reranker: RerankerTrainingConfig | None = Field(
+        None, description="Train the pipeline's reranker (a torch module, RMM) instead of an "
+        "LLM policy: REINFORCE or GRPO over sampled top-M subsets.",
     )
 
     @field_validator("report_to", mode="before")

@@ -3,6 +3,11 @@
 It mirrors ``GRPOTrainer._compute_loss`` (token-level importance sampling, two-sided clipped
 ratio, k3 KL to the reference added per token with weight ``beta``), and
 ``tests/test_training_loss.py`` checks it against that method to 1e-5.
+
+A step's turns are split into micro-batches by a token budget, so micro-batches differ in
+size. :func:`micro_batch_share` weights each one so that the accumulated loss and gradients
+equal those of the whole step computed as one batch (TRL's loss with no accumulation),
+whatever the split.
 """
 
 from __future__ import annotations
@@ -26,6 +31,43 @@ class LossOutput:
 
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
     return float((x * mask).sum() / mask.sum().clamp(min=1.0))
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor,
+                          temperature: float = 1.0) -> torch.Tensor:
+    """``log_softmax(logits / temperature).gather(index)`` without the full distribution.
+
+    ``logits`` is ``(B, T, V)``, ``index`` ``(B, T)``. Row by row (as TRL's
+    ``selective_log_softmax``), in float32: the picked logit minus the row's logsumexp, so at
+    most one row's ``(T, V)`` temporaries exist at a time instead of a ``(B, T, V)``
+    log-probability tensor (and its float copy and temperature-scaled copy).
+    """
+    if temperature <= 0:
+        raise ValueError("temperature must be positive")
+    rows = []
+    for row, ids in zip(logits, index, strict=True):
+        row = row.float()
+        if temperature != 1.0:
+            row = row / temperature
+        picked = row.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        rows.append(picked - torch.logsumexp(row, dim=-1))
+    return torch.stack(rows)
+
+
+def micro_batch_share(loss_type: str, rows: int, tokens: int, total_rows: int,
+                      total_tokens: int) -> float:
+    """Weight of one micro-batch's ``grpo_loss`` (computed with
+    ``gradient_accumulation_steps=1`` and, for dapo, ``num_items_in_batch=total_tokens``) in
+    the whole step's loss: its share of the step's sequences (grpo, dr_grpo: a mean over
+    sequences), of its completion tokens (bnpo: a mean over tokens), or 1 (dapo is already
+    normalised by the step's tokens)."""
+    if loss_type in ("grpo", "dr_grpo"):
+        return rows / max(total_rows, 1)
+    if loss_type == "bnpo":
+        return tokens / max(total_tokens, 1)
+    if loss_type == "dapo":
+        return 1.0
+    raise ValueError(f"unknown loss_type {loss_type!r}; use grpo, bnpo, dr_grpo or dapo")
 
 
 def grpo_loss(

@@ -12,6 +12,18 @@ through :class:`PipelineRuntime`, every trained turn becomes a (prompt, completi
 trajectory-advantage) sample, and :func:`loss.grpo_loss` applies TRL's loss with its
 normalisation per ``loss_type``; a test checks it against ``GRPOTrainer._compute_loss``.
 The optimiser, LoRA and device handling are torch + peft + accelerate.
+
+Memory of a step (measured by ``bench/train_memory.py``): what grows with the batch is the
+activations kept for the backward pass, about 80 KB per token per layer for SmolLM2 with
+LoRA in float32, i.e. gigabytes for a few thousand tokens. So the policy runs with SDPA
+attention and gradient checkpointing (only each layer's input is kept), turns go through
+forward/backward in micro-batches under a token budget (the loss is weighted so that any
+split gives the whole-batch loss), completion log-probabilities come from the picked logit
+minus a row-wise logsumexp (never a full-vocabulary log-probability tensor), the old and
+reference log-probabilities are computed without autograd. On the CPU, most of the resident
+memory was allocator slack, not tensors: glibc kept freed activations in its heap (see
+:func:`~memfactory_core.llm.transformers_backend.limit_allocator_slack`), so freed blocks now
+go back to the system at once, and what is left is trimmed after the rollouts and the update.
 """
 
 from __future__ import annotations
@@ -38,7 +50,7 @@ from memfactory_core.pipeline.spec import ResolvedPipeline
 from memfactory_core.training.advantages import group_advantages
 from memfactory_core.training.callbacks import TrainingCallback, TrainState
 from memfactory_core.training.config import TrainConfig
-from memfactory_core.training.loss import grpo_loss
+from memfactory_core.training.loss import grpo_loss, micro_batch_share, selective_log_softmax
 from memfactory_core.training.rewards import RewardContext, compute_rewards
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -116,8 +128,15 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _selective_logps(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    return torch.gather(logits.log_softmax(-1), -1, ids.unsqueeze(-1)).squeeze(-1)
+def _enable_checkpointing(model: Any) -> None:
+    """Gradient (activation) checkpointing of every decoder layer, non-reentrant, with the
+    frozen embeddings' output carrying grad so LoRA layers behind it get theirs."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.enable_input_require_grads()
 
 
 class GRPOTrainer:
@@ -165,13 +184,19 @@ class GRPOTrainer:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from memfactory_core.llm.models import resolve_model_path
-        from memfactory_core.llm.transformers_backend import resolve_device, resolve_dtype
+        from memfactory_core.llm.transformers_backend import (
+            limit_allocator_slack,
+            resolve_device,
+            resolve_dtype,
+        )
 
         cfg = self.config
         device = resolve_device(cfg.device)
+        if device.type == "cpu":
+            limit_allocator_slack()
         self.accelerator = Accelerator(cpu=device.type == "cpu")
         options = dict(cfg.model.options)
-        allowed = {"dtype", "max_batch_size", "trust_remote_code"}
+        allowed = {"attn_implementation", "dtype", "max_batch_size", "trust_remote_code"}
         unknown = set(options) - allowed
         if unknown:
             raise ValidationError("invalid TrainConfig", [Problem(
@@ -182,9 +207,14 @@ class GRPOTrainer:
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_path, trust_remote_code=trust)
         dtype = resolve_dtype(options.get("dtype"), self.accelerator.device)
         base = AutoModelForCausalLM.from_pretrained(
-            self.base_path, dtype=dtype, use_safetensors=True, trust_remote_code=trust)
+            self.base_path, dtype=dtype, use_safetensors=True, trust_remote_code=trust,
+            attn_implementation=options.get("attn_implementation", "sdpa"))
+        if cfg.gradient_checkpointing:
+            _enable_checkpointing(base)
         lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                           target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+        # seeded here: preparing a built-in model on first use draws from the global RNG
+        torch.manual_seed(cfg.seed)
         self.model = get_peft_model(base, lcfg).to(self.accelerator.device)
         self.model.train()
         self._max_batch_size = int(options.get("max_batch_size", 64))
@@ -316,19 +346,36 @@ class GRPOTrainer:
         position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
         t = inputs["completion_ids"].shape[1]
         logits = self.model(input_ids=ids, attention_mask=attention, position_ids=position_ids,
-                            logits_to_keep=t + 1).logits[:, :-1, :]
-        logits = logits.float() / self.config.loss_temperature
-        return _selective_logps(logits, inputs["completion_ids"])
+                            logits_to_keep=t + 1, use_cache=False).logits[:, :-1, :]
+        return selective_log_softmax(logits, inputs["completion_ids"],
+                                     self.config.loss_temperature)
 
     def _micro_batches(self, samples: list[TurnSample]) -> list[list[TurnSample]]:
+        """Turns sorted by length (similar lengths together keep padding small), packed into
+        micro-batches of at most ``per_device_train_batch_size`` rows (or an even split into
+        ``gradient_accumulation_steps``) whose padded size, rows x (longest prompt + longest
+        completion), stays within ``max_tokens_per_micro_batch``."""
         cfg = self.config
-        n_micro = cfg.gradient_accumulation_steps or math.ceil(
-            len(samples) / cfg.per_device_train_batch_size)
-        n_micro = max(1, min(n_micro, len(samples)))
-        # similar lengths together keep padding small
-        ordered = sorted(samples, key=lambda s: len(s.prompt_ids) + len(s.completion_ids))
-        size = math.ceil(len(ordered) / n_micro)
-        return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+        if not samples:
+            return []
+        rows = cfg.per_device_train_batch_size
+        if cfg.gradient_accumulation_steps:
+            rows = math.ceil(len(samples) / min(cfg.gradient_accumulation_steps, len(samples)))
+        budget = cfg.max_tokens_per_micro_batch
+        ordered = sorted(samples, key=lambda s: (len(s.prompt_ids), len(s.completion_ids)))
+        out: list[list[TurnSample]] = []
+        current: list[TurnSample] = []
+        p_len = c_len = 0
+        for s in ordered:
+            p, c = max(p_len, len(s.prompt_ids)), max(c_len, len(s.completion_ids))
+            if current and (len(current) == rows
+                            or (budget is not None and (len(current) + 1) * (p + c) > budget)):
+                out.append(current)
+                current, p, c = [], len(s.prompt_ids), len(s.completion_ids)
+            current.append(s)
+            p_len, c_len = p, c
+        out.append(current)
+        return out
 
     def _max_completion_length(self) -> int:
         if self.config.max_completion_length is not None:
@@ -338,13 +385,11 @@ class GRPOTrainer:
         limits += [getattr(self.pipeline.memory_params, "max_tokens", None)]
         return max(int(x) for x in limits if x)
 
-    def optimize(self, samples: list[TurnSample]) -> dict[str, float]:
-        """``num_iterations`` optimizer updates on one step's turn samples."""
+    def prepare_micro_batches(self, samples: list[TurnSample]) -> list[dict[str, torch.Tensor]]:
+        """Tensors of each micro-batch, with the reference (``beta > 0``: adapter disabled)
+        and old (``num_iterations > 1``) log-probabilities computed without autograd."""
         cfg = self.config
-        if cfg.beta == 0 and all(s.advantage == 0 for s in samples):
-            return self._zero_gradient_update()
         micro = [self._batch_tensors(b) for b in self._micro_batches(samples)]
-        total_tokens = sum(int(m["completion_mask"].sum()) for m in micro)
         with torch.no_grad():
             if cfg.beta > 0:
                 with self.peft_model.disable_adapter():
@@ -353,39 +398,54 @@ class GRPOTrainer:
             if cfg.num_iterations > 1:
                 for m in micro:
                     m["old"] = self.per_token_logps(m)
-        stats: dict[str, list[float]] = defaultdict(list)
+        return micro
+
+    def accumulate_gradients(self, micro: Sequence[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Forward and backward over every micro-batch, adding into the parameters' ``.grad``:
+        the gradients of the whole step's loss, however the turns were split. Returns that
+        loss and the token-weighted KL and clip ratios."""
+        cfg = self.config
+        total_tokens = sum(int(m["completion_mask"].sum()) for m in micro)
+        total_rows = sum(len(m["advantages"]) for m in micro)
+        stats: dict[str, float] = defaultdict(float)
+        for m in micro:
+            out = grpo_loss(
+                self.per_token_logps(m), m.get("old"), m.get("ref"), m["advantages"],
+                m["completion_mask"], loss_type=cfg.loss_type, beta=cfg.beta,
+                epsilon_low=cfg.epsilon_low, epsilon_high=cfg.clip_high,
+                max_completion_length=self._max_completion_length(),
+                num_items_in_batch=total_tokens,
+            )
+            loss = out.loss * micro_batch_share(cfg.loss_type, len(m["advantages"]),
+                                                out.tokens, total_rows, total_tokens)
+            self.accelerator.backward(loss)
+            w = out.tokens / max(total_tokens, 1)
+            stats["loss"] += float(loss.detach())
+            if out.kl is not None:
+                stats["kl"] += out.kl * w
+            stats["clip_ratio/low_mean"] += out.clip_low * w
+            stats["clip_ratio/high_mean"] += out.clip_high * w
+            stats["clip_ratio/region_mean"] += out.clip_region * w
+        return dict(stats)
+
+    def optimize(self, samples: list[TurnSample]) -> dict[str, float]:
+        """``num_iterations`` optimizer updates on one step's turn samples."""
+        cfg = self.config
+        if cfg.beta == 0 and all(s.advantage == 0 for s in samples):
+            return self._zero_gradient_update()
+        micro = self.prepare_micro_batches(samples)
+        stats: dict[str, float] = defaultdict(float)
         for _ in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            for m in micro:
-                logps = self.per_token_logps(m)
-                out = grpo_loss(
-                    logps, m.get("old"), m.get("ref"), m["advantages"], m["completion_mask"],
-                    loss_type=cfg.loss_type, beta=cfg.beta, epsilon_low=cfg.epsilon_low,
-                    epsilon_high=cfg.clip_high, max_completion_length=self._max_completion_length(),
-                    num_items_in_batch=total_tokens, gradient_accumulation_steps=len(micro),
-                )
-                self.accelerator.backward(out.loss)
-                w = out.tokens / max(total_tokens, 1)
-                stats["loss"].append(float(out.loss.detach()))
-                if out.kl is not None:
-                    stats["kl"].append(out.kl * w)
-                stats["clip_ratio/low_mean"].append(out.clip_low * w)
-                stats["clip_ratio/high_mean"].append(out.clip_high * w)
-                stats["clip_ratio/region_mean"].append(out.clip_region * w)
+            for k, v in self.accumulate_gradients(micro).items():
+                stats[k] += v
             params = [p for p in self.model.parameters() if p.requires_grad]
             grad_norm = self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            stats["grad_norm"].append(float(grad_norm))
+            stats["grad_norm"] += float(grad_norm)
             self.optimizer.step()
             self.scheduler.step()
-        it = cfg.num_iterations
-        return {
-            "loss": sum(stats["loss"]) / it,
-            **({"kl": sum(stats["kl"]) / it} if stats["kl"] else {}),
-            **{k: sum(stats[k]) / it for k in ("clip_ratio/low_mean", "clip_ratio/high_mean",
-                                                "clip_ratio/region_mean")},
-            "grad_norm": sum(stats["grad_norm"]) / it,
-            "micro_batches": float(len(micro)),
-        }
+        return {**{k: v / cfg.num_iterations for k, v in stats.items()},
+                "micro_batches": float(len(micro))}
 
     def _zero_gradient_update(self) -> dict[str, float]:
         """Every advantage is 0 and there is no KL term, so the loss and all its gradients
@@ -405,6 +465,8 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ steps
     def train_step(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """One GRPO step: rollouts, rewards, trajectory advantages, optimizer update(s)."""
+        from memfactory_core.llm.transformers_backend import release_free_memory
+
         cfg = self.config
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed * 1_000_003 + self.step)
@@ -414,6 +476,7 @@ class GRPOTrainer:
             self.vllm.set_adapter(adapter_dir)
         episodes = self.episodes_for_step(self.step)
         results, _ = self.rollout(episodes)
+        release_free_memory()
         t_rollout = time.perf_counter() - t0
         totals, components = compute_rewards(results, cfg.rewards, self.reward_ctx)
         rewards = torch.tensor(totals)
@@ -421,6 +484,7 @@ class GRPOTrainer:
         samples = self.turn_samples(results, adv.advantages)
         t1 = time.perf_counter()
         opt = self.optimize(samples) if samples else {"loss": 0.0, "grad_norm": 0.0}
+        release_free_memory()
         t_train = time.perf_counter() - t1
         self.step += 1
         elapsed = time.perf_counter() - t0
