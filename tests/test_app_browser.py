@@ -123,6 +123,7 @@ def test_select_run_and_watch_its_curve_grow(app: tuple[str, RunStore], page: An
 def test_submit_form_shows_errors_then_queues(app: tuple[str, RunStore], page: Any) -> None:
     url, store = app
     page.goto(url)
+    page.get_by_role("tab", name="Runs").click()
     editor = page.locator("#submit-config .cm-content")
     sync_api.expect(editor).to_contain_text("loss_type: dapo")
     editor.click()

@@ -373,3 +373,20 @@ def test_a_pipeline_built_from_empty_evaluates_like_the_preset(tmp_path: Path) -
     assert outcome(built) == outcome(preset)
     for key in ("em", "sub_em", "f1", "boxed_rate", "n"):
         assert built["summary"][key] == preset["summary"][key]
+
+
+def test_runs_page_lists_evaluation_records_with_their_traces(store: RunStore) -> None:
+    from app.tabs.runs import eval_record, record_choices
+
+    run = store.create_run("eval", {})
+    trace = {"answer": "x", "steps": [{"lane": "query", "slot": 0,
+                                       "component": "boxed_answerer"}]}
+    store.add_samples(run.id, [{"question": "Who?", "em": 1.0, "trace": trace},
+                               {"question": "Q" * 100, "em": 0.0, "trace": trace}],
+                      kind="eval_record", step=0)
+    store.add_samples(run.id, [{"question": "not a record"}], kind="trajectory", step=1)
+    choices = record_choices(store, run.id)
+    assert choices == [("1. Who? · em 1.00", 0), (f"2. {'Q' * 67}... · em 0.00", 1)]
+    assert eval_record(store, run.id, 1)["question"] == "Q" * 100
+    assert eval_record(store, run.id, 2) is None
+    assert record_choices(store, None) == [] and eval_record(store, None, 0) is None

@@ -35,6 +35,7 @@ from app.services import (
     read_preset,
     submit_config_text,
 )
+from app.trace_view import trace_html, trace_viewer
 from jobs.models import ACTIVE_STATUSES, FINAL_STATUSES, Run
 from jobs.store import RunNotFound, RunStore
 from memfactory_core.errors import MemFactoryError
@@ -177,6 +178,38 @@ def _table(rows: list[list[Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_TABLE_HEADERS)
 
 
+RECORD_LIMIT = 1000
+"""Evaluation records a run's record picker lists."""
+
+
+def record_choices(store: RunStore, run_id: int | None) -> list[tuple[str, int]]:
+    """The evaluation records of a run as picker choices ``(label, index)``."""
+    if run_id is None:
+        return []
+    try:
+        samples = store.samples(int(run_id), kind="eval_record", limit=RECORD_LIMIT)
+    except (MemFactoryError, ValueError, OverflowError):
+        return []
+    out = []
+    for i, sample in enumerate(samples):
+        data = sample.data or {}
+        question = str(data.get("question", ""))
+        short = question if len(question) <= 70 else question[:67] + "..."
+        score = data.get("em")
+        mark = f" · em {float(score):.2f}" if isinstance(score, int | float) else ""
+        out.append((f"{i + 1}. {short}{mark}", i))
+    return out
+
+
+def eval_record(store: RunStore, run_id: int | None, index: int | None) -> dict[str, Any] | None:
+    """Evaluation record number ``index`` of a run (None when there is none)."""
+    if run_id is None or index is None:
+        return None
+    samples = store.samples(int(run_id), kind="eval_record", limit=RECORD_LIMIT)
+    i = int(index)
+    return dict(samples[i].data or {}) if 0 <= i < len(samples) else None
+
+
 def scheduler_note(scheduler: Scheduler | None) -> str:
     """One line saying who executes queued runs."""
     if scheduler is None:
@@ -216,6 +249,10 @@ def create_runs_tab(demo: gr.Blocks, store: RunStore, scheduler: Scheduler | Non
         details = gr.Markdown("", elem_id="runs-details")
         log = gr.Textbox(label=f"Log (last {LOG_LINES} lines)", lines=14, max_lines=14,
                          interactive=False, autoscroll=True, elem_id="runs-log")
+    with gr.Accordion("Evaluation records", open=False, elem_id="runs-records-box"):
+        record_dd = gr.Dropdown(label="Record (question)", choices=[], value=None,
+                                elem_id="runs-record")
+        record_trace = trace_viewer(elem_id="runs-trace")
     with gr.Accordion("Submit a run", open=True):
         with gr.Row():
             kind = gr.Radio(["train", "eval"], value="train", label="Kind", scale=1,
@@ -353,6 +390,17 @@ def create_runs_tab(demo: gr.Blocks, store: RunStore, scheduler: Scheduler | Non
                 + f": it writes to `{run.output_dir}`.",
                 gr.update(choices=choices, value=run.id))
 
+    def on_run_records(run_id: int | None) -> tuple[Any, str]:
+        choices = record_choices(store, run_id)
+        return (gr.update(choices=choices, value=choices[0][1] if choices else None),
+                trace_html(None))
+
+    def on_record(run_id: int | None, index: int | None) -> str:
+        record = eval_record(store, run_id, index)
+        if record is None:
+            return trace_html(None)
+        return trace_html(record.get("trace"), record, title=f"Run {run_id}, record {index}")
+
     selection_inputs = [run_dd, compare_dd, smoothing, seen]
     selection_outputs = [plot, details, log, cancel_btn, seen]
     refresh_outputs = [table, run_dd, compare_dd, plot, details, log, cancel_btn, seen]
@@ -369,6 +417,10 @@ def create_runs_tab(demo: gr.Blocks, store: RunStore, scheduler: Scheduler | Non
     cancel_btn.click(on_cancel, run_dd, None, **quiet).then(
         refresh, selection_inputs, refresh_outputs, **quiet)
     log.change(None, None, None, js=FOLLOW_LOG_JS, **quiet)
+    run_dd.change(on_run_records, run_dd, [record_dd, record_trace], **quiet)
+    record_dd.change(on_record, [run_dd, record_dd], record_trace, **quiet)
+    record_dd.focus(lambda run_id: gr.update(choices=record_choices(store, run_id)), run_dd,
+                    record_dd, **quiet)
     kind.input(on_kind, kind, [preset, config_box], **quiet)
     preset.input(read_preset, preset, config_box, **quiet)
     submit_btn.click(on_submit, [kind, preset, config_box, name], [submit_msg, run_dd],
@@ -376,7 +428,8 @@ def create_runs_tab(demo: gr.Blocks, store: RunStore, scheduler: Scheduler | Non
     return {"table": table, "run": run_dd, "compare": compare_dd, "smoothing": smoothing,
             "cancel": cancel_btn, "plot": plot, "details": details, "log": log, "kind": kind,
             "preset": preset, "name": name, "config": config_box, "submit": submit_btn,
-            "submit_message": submit_msg, "timer": timer, "state": seen}
+            "submit_message": submit_msg, "timer": timer, "state": seen, "record": record_dd,
+            "trace": record_trace}
 
 
 # ------------------------------------------------------------------ registration
