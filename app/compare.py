@@ -32,10 +32,10 @@ from app.charts import empty_figure, run_color
 from memfactory_core.errors import MemFactoryError
 from memfactory_core.metrics.paired import (
     PairedDiff,
+    ResampleBatch,
     mean_ci,
     mean_ci_many,
     paired_bootstrap_many,
-    resampled_means,
 )
 
 CONFIDENCE = 0.95
@@ -482,67 +482,84 @@ def episodes(run: RunResults, rows: np.ndarray) -> np.ndarray:
                      for i in rows], dtype=object)
 
 
+Finish = Callable[[ResampleBatch], dict[str, Any]]
+
+
 def _paired_diffs(base: RunResults, other: RunResults, bi: np.ndarray, oi: np.ndarray,
-                  metrics: Sequence[str], confidence: float, n_resamples: int,
-                  seed: int, cluster: bool = False,
-                  memo: dict[Any, np.ndarray] | None = None) -> dict[str, PairedDiff]:
-    """Paired differences of ``metrics`` on the rows given; metrics scored on every paired
-    row share one resample draw, the others are paired on the rows where both have a score.
-    ``cluster``: resample the base's episodes rather than single questions. ``memo`` keeps
-    the base's resampled means for the next run paired on the same questions."""
+                  metrics: Sequence[str], confidence: float, batch: ResampleBatch,
+                  cluster: bool = False, memo: dict[Any, int] | None = None) -> Finish:
+    """Plan the paired differences of ``metrics`` on the rows given: the arrays to resample
+    go into ``batch``; the returned function reads them once it ran and gives
+    ``{metric: PairedDiff}``. Metrics scored on every paired row share one draw; the others
+    are paired on the rows where both runs have a score. ``cluster``: resample the base's
+    episodes. ``memo`` shares the base's draws between runs paired on the same questions."""
     cols = [(m, base.metrics.index(m), other.metrics.index(m)) for m in metrics
             if m in base.metrics and m in other.metrics]
     if not cols:
-        return {}
+        return lambda _: {}
     a = base.scores[bi][:, [c[1] for c in cols]]
     b = other.scores[oi][:, [c[2] for c in cols]]
     both = np.isfinite(a) & np.isfinite(b)
-    full = both.all(axis=0)
+    full = np.flatnonzero(both.all(axis=0))
     groups = episodes(base, bi) if cluster else None
-    out: dict[str, PairedDiff] = {}
-    if full.any():
-        fi = np.flatnonzero(full)
-        key = (bi.tobytes(), tuple(cols[j][1] for j in fi))
-        base_res = memo.get(key) if memo is not None else None
-        if base_res is None and bi.size:
-            base_res = resampled_means(a[:, fi], n_resamples, seed, groups)
+    n_resamples, seed = batch.n_resamples, batch.seed
+    base_handle = diff_handle = None
+    if full.size and bi.size:
+        key = (bi.tobytes(), tuple(cols[j][1] for j in full))
+        base_handle = memo.get(key) if memo is not None else None
+        if base_handle is None:
+            base_handle = batch.add(a[:, full], groups)
             if memo is not None:
-                memo[key] = base_res
-        for j, d in zip(fi, paired_bootstrap_many(a[:, fi], b[:, fi], confidence, n_resamples,
-                                                  seed, groups, base_res), strict=True):
-            out[cols[j][0]] = d
-    for j in np.flatnonzero(~full):
-        rows = both[:, j]
-        out[cols[j][0]] = paired_bootstrap_many(
-            a[rows, j:j + 1], b[rows, j:j + 1], confidence, n_resamples, seed,
-            None if groups is None else groups[rows])[0]
-    return out
+                memo[key] = base_handle
+        diff_handle = batch.add(b[:, full] - a[:, full], groups)
+
+    def finish(done: ResampleBatch) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if full.size:
+            diffs = paired_bootstrap_many(
+                a[:, full], b[:, full], confidence, n_resamples, seed, groups,
+                None if base_handle is None else done[base_handle],
+                None if diff_handle is None else done[diff_handle])
+            out.update({cols[j][0]: d for j, d in zip(full, diffs, strict=True)})
+        for j in np.flatnonzero(~both.all(axis=0)):
+            rows = both[:, j]
+            out[cols[j][0]] = paired_bootstrap_many(
+                a[rows, j:j + 1], b[rows, j:j + 1], confidence, n_resamples, seed,
+                None if groups is None else groups[rows])[0]
+        return out
+
+    return finish
 
 
 def _record_stats(run: RunResults, mask: np.ndarray, metrics: Sequence[str],
-                  confidence: float, n_resamples: int, seed: int, cluster: bool = False
-                  ) -> dict[str, tuple[int, tuple[float, float, float]]]:
-    """``{metric: (n, (mean, low, high))}`` over the masked records; metrics scored on every
-    one of them share one resample draw."""
+                  confidence: float, batch: ResampleBatch, cluster: bool = False) -> Finish:
+    """Plan ``{metric: (n, (mean, low, high))}`` over the masked records, as
+    :func:`_paired_diffs` plans its differences."""
     if not metrics:
-        return {}
+        return lambda _: {}
     sub = run.scores[mask][:, [run.metrics.index(m) for m in metrics]]
     groups = episodes(run, np.flatnonzero(mask)) if cluster else None
     finite = np.isfinite(sub)
-    full = finite.all(axis=0)
-    out: dict[str, tuple[int, tuple[float, float, float]]] = {}
-    if sub.shape[0] and full.any():
-        cols = np.flatnonzero(full)
-        for j, ci in zip(cols, mean_ci_many(sub[:, cols], confidence, n_resamples, seed,
-                                            groups), strict=True):
-            out[metrics[j]] = (int(sub.shape[0]), ci)
-    for j in np.flatnonzero(~full):
-        kept = finite[:, j]
-        if kept.any():
-            out[metrics[j]] = (int(kept.sum()), mean_ci(
-                sub[kept, j], confidence, n_resamples, seed,
-                None if groups is None else groups[kept]))
-    return out
+    full = np.flatnonzero(finite.all(axis=0))
+    handle = batch.add(sub[:, full], groups) if sub.shape[0] and full.size else None
+    n_resamples, seed = batch.n_resamples, batch.seed
+
+    def finish(done: ResampleBatch) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if handle is not None:
+            cis = mean_ci_many(sub[:, full], confidence, n_resamples, seed, groups,
+                               done[handle])
+            out.update({metrics[j]: (int(sub.shape[0]), ci)
+                        for j, ci in zip(full, cis, strict=True)})
+        for j in np.flatnonzero(~finite.all(axis=0)):
+            kept = finite[:, j]
+            if kept.any():
+                out[metrics[j]] = (int(kept.sum()), mean_ci(
+                    sub[kept, j], confidence, n_resamples, seed,
+                    None if groups is None else groups[kept]))
+        return out
+
+    return finish
 
 
 def _summary_stats(run: RunResults, metric: str, field_name: str, value: Any
@@ -576,29 +593,36 @@ def evaluation_table(runs: Sequence[RunResults], base: int | None = 0,
     if base is not None and runs[base].has_records:
         paired_rows = {i: pair_indices(runs[base], r) for i, r in enumerate(runs)
                        if i != base and r.has_records}
-    rows: list[dict[str, Any]] = []
+    # plan every interval first, then draw: arrays with as many rows share a product
+    batch = ResampleBatch(n_resamples, seed)
+    plans = []
     for group, field_name, value in _groups(runs):
         masks = {i: _mask(r, field_name, value) for i, r in enumerate(runs) if r.has_records}
-        pairs: dict[int, dict[str, PairedDiff]] = {}
-        memo: dict[Any, np.ndarray] = {}
+        pairs: dict[int, Finish] = {}
+        memo: dict[Any, int] = {}
         for i, (bi, oi) in paired_rows.items():
             assert base is not None
             keep = masks[base][bi] & masks[i][oi]
             pairs[i] = _paired_diffs(runs[base], runs[i], bi[keep], oi[keep], names,
-                                     confidence, n_resamples, seed, cluster, memo)
+                                     confidence, batch, cluster, memo)
+        own = {i: _record_stats(r, masks[i], [m for m in names if m in r.metrics],
+                                confidence, batch, cluster)
+               for i, r in enumerate(runs) if r.has_records}
+        plans.append((group, field_name, value, pairs, own))
+    batch.run()
+    rows: list[dict[str, Any]] = []
+    for group, field_name, value, pairs, own in plans:
+        diffs = {i: finish(batch) for i, finish in pairs.items()}
         for i, r in enumerate(runs):
             present = [m for m in names if m in r.metrics]
-            if r.has_records:
-                stats = _record_stats(r, masks[i], present, confidence, n_resamples, seed,
-                                      cluster)
-            else:
-                stats = {m: _summary_stats(r, m, field_name, value) for m in present}
+            stats = own[i](batch) if i in own else {
+                m: _summary_stats(r, m, field_name, value) for m in present}
             for metric in present:
                 found = stats.get(metric)
                 if found is None:
                     continue
                 n, ci = found
-                rows.append(_row(group, r, metric, n, ci, pairs.get(i, {}).get(metric)))
+                rows.append(_row(group, r, metric, n, ci, diffs.get(i, {}).get(metric)))
     return rows
 
 

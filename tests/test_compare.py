@@ -40,6 +40,7 @@ from app.compare import (
 )
 from jobs.store import RunStore
 from memfactory_core.metrics.paired import (
+    ResampleBatch,
     mean_ci,
     paired_bootstrap,
     paired_bootstrap_many,
@@ -114,6 +115,22 @@ def test_many_metrics_equal_one_at_a_time() -> None:
         assert got.as_dict() == pytest.approx(want.as_dict(), abs=1e-12)
     with pytest.raises(ValueError, match="base_resampled has shape"):
         paired_bootstrap_many(a, b, base_resampled=np.zeros((10, 3)))
+
+
+def test_batched_draws_equal_separate_ones() -> None:
+    rng = np.random.default_rng(4)
+    arrays = [rng.random((50, 2)), rng.random((80, 1)), rng.random((50, 3)), rng.random(80)]
+    clusters = [f"c{i % 7}" for i in range(50)]
+    batch = ResampleBatch(500, seed=9)
+    handles = [batch.add(x) for x in arrays]
+    clustered = batch.add(arrays[0], clusters)
+    with pytest.raises(RuntimeError, match="has not computed"):
+        batch[handles[0]]
+    batch.run()
+    for h, x in zip(handles, arrays, strict=True):
+        assert batch[h] == pytest.approx(resampled_means(x, 500, seed=9), abs=1e-12)
+    assert batch[clustered] == pytest.approx(
+        resampled_means(arrays[0], 500, seed=9, clusters=clusters), abs=1e-12)
 
 
 @pytest.mark.parametrize("n", [1, 2, 37, 5000])

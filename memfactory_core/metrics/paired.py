@@ -116,6 +116,51 @@ def resampled_means(columns: np.ndarray, n_resamples: int = 2000, seed: int = 0,
     return (counts @ data) / drawn
 
 
+class ResampleBatch:
+    """Resampled means of many arrays, computed together: arrays with the same number of rows
+    (and no clusters) share one matrix product, which reads the resample counts once. ``add``
+    returns a handle, ``run`` computes, ``[handle]`` reads a ``(n_resamples, k)`` result."""
+
+    def __init__(self, n_resamples: int = 2000, seed: int = 0) -> None:
+        self.n_resamples = n_resamples
+        self.seed = seed
+        self._items: list[tuple[np.ndarray, np.ndarray | None]] = []
+        self._results: list[np.ndarray | None] = []
+
+    def add(self, data: np.ndarray, clusters: Sequence[Any] | np.ndarray | None = None
+            ) -> int:
+        array = np.asarray(data, dtype=np.float64)
+        self._items.append((array[:, None] if array.ndim == 1 else array,
+                            None if clusters is None else np.asarray(clusters, dtype=object)))
+        self._results.append(None)
+        return len(self._items) - 1
+
+    def run(self) -> None:
+        by_rows: dict[int, list[int]] = {}
+        for i, (data, clusters) in enumerate(self._items):
+            if self._results[i] is not None:
+                continue
+            if clusters is None and data.shape[0]:
+                by_rows.setdefault(data.shape[0], []).append(i)
+            elif data.shape[0]:
+                self._results[i] = resampled_means(data, self.n_resamples, self.seed,
+                                                   clusters)
+        for handles in by_rows.values():
+            stacked = np.concatenate([self._items[i][0] for i in handles], axis=1)
+            means = resampled_means(stacked, self.n_resamples, self.seed)
+            start = 0
+            for i in handles:
+                k = self._items[i][0].shape[1]
+                self._results[i] = means[:, start:start + k]
+                start += k
+
+    def __getitem__(self, handle: int) -> np.ndarray:
+        found = self._results[handle]
+        if found is None:
+            raise RuntimeError("ResampleBatch.run() has not computed this array yet")
+        return found
+
+
 def _interval(values: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval of each column of ``values`` (or of a 1-D array)."""
     alpha = (1.0 - confidence) / 2.0
@@ -138,9 +183,10 @@ def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95,
 
 
 def mean_ci_many(columns: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000,
-                 seed: int = 0, clusters: Sequence[Any] | np.ndarray | None = None
-                 ) -> list[tuple[float, float, float]]:
-    """:func:`mean_ci` of each column of an ``(n, k)`` array, one resample draw for all."""
+                 seed: int = 0, clusters: Sequence[Any] | np.ndarray | None = None,
+                 resampled: np.ndarray | None = None) -> list[tuple[float, float, float]]:
+    """:func:`mean_ci` of each column of an ``(n, k)`` array, one resample draw for all
+    (``resampled``: their :func:`resampled_means`, when the caller has them already)."""
     _check(confidence)
     data = np.asarray(columns, dtype=np.float64)
     n, k = data.shape
@@ -150,7 +196,9 @@ def mean_ci_many(columns: np.ndarray, confidence: float = 0.95, n_resamples: int
     constant = np.all(data == data[0], axis=0)
     if n == 1 or constant.all():
         return [(float(m), float(m), float(m)) for m in means]
-    low, high = _interval(resampled_means(data, n_resamples, seed, clusters), confidence)
+    if resampled is None:
+        resampled = resampled_means(data, n_resamples, seed, clusters)
+    low, high = _interval(resampled, confidence)
     return [(float(m), float(m), float(m)) if c else (float(m), float(lo), float(hi))
             for m, c, lo, hi in zip(means, constant, low, high, strict=True)]
 
@@ -183,12 +231,14 @@ def paired_bootstrap(base: Sequence[float] | np.ndarray, other: Sequence[float] 
 def paired_bootstrap_many(base: np.ndarray, other: np.ndarray, confidence: float = 0.95,
                           n_resamples: int = 2000, seed: int = 0,
                           clusters: Sequence[Any] | np.ndarray | None = None,
-                          base_resampled: np.ndarray | None = None) -> list[PairedDiff]:
+                          base_resampled: np.ndarray | None = None,
+                          diff_resampled: np.ndarray | None = None) -> list[PairedDiff]:
     """:func:`paired_bootstrap` of ``k`` metrics at once: ``base`` and ``other`` are
     ``(n, k)`` arrays (row i: question i in both), one resample draw for all of them.
 
-    ``base_resampled``: :func:`resampled_means` of ``base`` with the same settings, when the
-    caller already has it (several runs compared with one base on the same questions)."""
+    ``base_resampled`` / ``diff_resampled``: :func:`resampled_means` of ``base`` and of
+    ``other - base`` with the same settings, when the caller has them already (several runs
+    compared with one base on the same questions, or draws batched across runs)."""
     _check(confidence)
     a = np.asarray(base, dtype=np.float64)
     b = np.asarray(other, dtype=np.float64)
@@ -204,16 +254,19 @@ def paired_bootstrap_many(base: np.ndarray, other: np.ndarray, confidence: float
         raise ValueError("paired_bootstrap got a NaN or infinite score")
     base_means = a.mean(axis=0)
     other_means = b.mean(axis=0)
-    if base_resampled is None:
+    for name, given in (("base_resampled", base_resampled),
+                        ("diff_resampled", diff_resampled)):
+        if given is not None and given.shape != (n_resamples, k):
+            raise ValueError(f"{name} has shape {given.shape}, expected {(n_resamples, k)}")
+    if base_resampled is None and diff_resampled is None:
         means = resampled_means(np.concatenate([a, b - a], axis=1), n_resamples, seed,
                                 clusters)
         base_res, diff_res = means[:, :k], means[:, k:]
     else:
-        if base_resampled.shape != (n_resamples, k):
-            raise ValueError(f"base_resampled has shape {base_resampled.shape}, expected "
-                             f"{(n_resamples, k)}")
-        base_res = base_resampled
-        diff_res = resampled_means(b - a, n_resamples, seed, clusters)
+        base_res = base_resampled if base_resampled is not None else resampled_means(
+            a, n_resamples, seed, clusters)
+        diff_res = diff_resampled if diff_resampled is not None else resampled_means(
+            b - a, n_resamples, seed, clusters)
     diff_low, diff_high = _interval(diff_res, confidence)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.clip(relative_change(diff_res, base_res), -_HUGE, _HUGE)
