@@ -390,3 +390,42 @@ def test_runs_page_lists_evaluation_records_with_their_traces(store: RunStore) -
     assert eval_record(store, run.id, 1)["question"] == "Q" * 100
     assert eval_record(store, run.id, 2) is None
     assert record_choices(store, None) == [] and eval_record(store, None, 0) is None
+
+
+# ------------------------------------------------------------------- the context
+def test_pollers_tick_only_while_their_tab_is_visible(store: RunStore) -> None:
+    import gradio as gr
+
+    from app.context import AppContext, TabSpec
+
+    made: dict[str, Any] = {}
+
+    def tab(name: str) -> Any:
+        def register(ctx: AppContext) -> None:
+            made[name] = ctx.poller(name, gr.Timer(1.0))
+        return register
+
+    with gr.Blocks() as demo:
+        ctx = AppContext(store=store, demo=demo)
+        ctx.build_tabs([TabSpec("A", "a", tab("a")), TabSpec("B", "b", tab("b"))],
+                       selected="b")
+    assert (made["a"].active, made["b"].active) == (False, True)
+    switches = [f for f in demo.fns.values() if f.name == "switch"]
+    assert len(switches) == 2
+    answers = [[t.active for t in f.fn()] for f in switches]
+    assert sorted(answers) == [[False, True], [True, False]]
+
+
+def test_the_workbench_starts_with_only_the_visible_tab_polling(store: RunStore) -> None:
+    import gradio as gr
+
+    from app.ui import build_app, tab_specs
+
+    assert [t.id for t in tab_specs()][:4] == ["build", "train", "evaluate", "runs"]
+    demo = build_app(store)
+    timers = [b for b in demo.blocks.values() if isinstance(b, gr.Timer)]
+    assert len(timers) >= 3
+    assert [t.value for t in timers if t.active] == [1.0]  # the Build tab's Try it poller
+    on_runs = build_app(store, selected="runs")
+    active = [t for t in on_runs.blocks.values() if isinstance(t, gr.Timer) and t.active]
+    assert [t.value for t in active] == [2.0]  # the Runs poller
