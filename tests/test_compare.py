@@ -286,6 +286,22 @@ def test_table_relative_gain_and_paired_ci_equal_a_script(two_files: tuple[Path,
     assert shown[-1] == "*" and shown[5] == 150 and shown[7].startswith("+")
 
 
+def test_each_run_is_paired_on_its_own_questions(tmp_path: Path,
+                                                 two_files: tuple[Path, Path]) -> None:
+    base_file, trained_file = two_files
+    third_file = write_results(tmp_path / "third" / "results.json",
+                               make_records(200, 0.35, seed=5)[50:], eval_config("third"))
+    runs = [load_results(p) for p in (base_file, trained_file, third_file)]
+    rows = evaluation_table(runs, base=0, metrics=["f1"])
+    for other in (trained_file, third_file):
+        row = next(r for r in rows if r["run"] == other.parent.name)
+        want = script_numbers(base_file, other, "f1")
+        assert row["n_paired"] == want["n"]
+        assert (row["diff_low"], row["diff_high"], row["rel_low"], row["rel_high"]) == \
+            pytest.approx((want["low"], want["high"], want["rel_low"], want["rel_high"]),
+                          abs=1e-12)
+
+
 def test_table_groups_by_context_length_and_category(tmp_path: Path) -> None:
     a = results_from_data(results_doc(make_records(60, 0.3, 1, docs=[10, 50],
                                                    categories=[1, 2, 4]), {}), "a")
