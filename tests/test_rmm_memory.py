@@ -171,3 +171,28 @@ def test_rmm_preset_validates_and_reranker_needs_retrieved_memories() -> None:
     bad["query"] = [s for s in bad["query"] if s["component"] != "topic_retriever"]
     with pytest.raises(MemFactoryError, match="retrieved"):
         validate_spec(bad)
+
+
+def test_reply_prefixes_start_the_replies_and_are_part_of_what_is_parsed() -> None:
+    def reply(text: str) -> str:  # the scripted model sees the open assistant message
+        if text == '{"topics": [{"summary": "':
+            return 'Ann lives somewhere", "turn_ids": ["D1:1", "D2:1"]}]}'
+        if text == '{"action": "':
+            return 'merge", "index": 0, "summary": "Ann lives in Bergen now"}'
+        return "Bergen [0]"
+
+    spec = rmm_spec()
+    spec["ingest"][1]["params"].update(extract_reply_prefix='{"topics": [{"summary": "',
+                                       merge_reply_prefix='{"action": "')
+    llm = ScriptedLLM(reply)
+    [res] = PipelineRuntime(validate_spec(spec), llm).run([two_session_episode()])
+    memory = res.memory
+    assert isinstance(memory, TopicMemory)
+    # session 1: Ann's and Bo's topics (D2:1 is not in session 1, so dropped): the first is
+    # added, the second merged into it; session 2 merges both again
+    [topic] = memory.topics()
+    assert topic.text == "Ann lives in Bergen now" and len(topic.merged) == 3
+    first = [s for s in res.ingest if s.component == "prospective_reflection"][0]
+    assert first.output["extractions"][0]["raw"].startswith('{"topics": [{"summary": "Ann')
+    assert first.output["extractions"][0]["topics"][0]["dropped_turn_ids"] == ["D2:1"]
+    assert first.extra["malformed"] == 0

@@ -168,6 +168,12 @@ class ProspectiveReflectionParams(BaseModel):
     merge_max_new_tokens: int = Field(128, ge=1)
     on_malformed: Literal["add", "skip"] = Field(
         "add", description="What a malformed merge decision does with its topic.")
+    extract_reply_prefix: str = Field(
+        "", description="Start of the extraction reply, written for the model to continue "
+        "(e.g. '{\"topics\": [{\"summary\": \"'); small models produce JSON more often "
+        "with it.")
+    merge_reply_prefix: str = Field(
+        "", description="Start of the Add/Merge reply (e.g. '{\"action\": \"').")
 
     @field_validator("extract_template")
     @classmethod
@@ -178,6 +184,11 @@ class ProspectiveReflectionParams(BaseModel):
     @classmethod
     def _check_merge(cls, v: str) -> str:
         return check_template(v, required={"topic", "memories"}, allowed={"topic", "memories"})
+
+
+def with_prefix(prompt: Prompt, prefix: str) -> Prompt:
+    """``prompt`` with the start of the reply for the model to continue (if any)."""
+    return [*prompt, {"role": "assistant", "content": prefix}] if prefix else prompt
 
 
 def render_numbered(entries: list[Any]) -> str:
@@ -210,15 +221,17 @@ class ProspectiveReflection(LLMComponent):
             for speaker in dict.fromkeys(t.speaker for t in turns):
                 jobs.append((j, speaker, turns))
         prompts: list[Prompt] = [
-            [{"role": "user", "content": fill(p.extract_template, turns=render_turns(turns),
-                                              speaker=speaker)}]
+            with_prefix([{"role": "user", "content": fill(
+                p.extract_template, turns=render_turns(turns), speaker=speaker)}],
+                p.extract_reply_prefix)
             for _, speaker, turns in jobs]
         gens = self.generate(prompts, p.extract_max_new_tokens)
         pending: list[list[tuple[str, ExtractedTopic, Turn]]] = [[] for _ in batch]
         for (j, speaker, turns), prompt, gen in zip(jobs, prompts, gens, strict=True):
-            record: dict[str, Any] = {"speaker": speaker, "raw": gen.text}
+            raw = p.extract_reply_prefix + gen.text
+            record: dict[str, Any] = {"speaker": speaker, "raw": raw}
             try:
-                topics = parse_topics(gen.text, [t.id for t in turns])[: p.max_topics]
+                topics = parse_topics(raw, [t.id for t in turns])[: p.max_topics]
                 record.update(valid=True, topics=[vars(t) for t in topics],
                               no_trait=not topics)
                 pending[j].extend((speaker, t, turns[-1]) for t in topics)
@@ -241,8 +254,9 @@ class ProspectiveReflection(LLMComponent):
                 shown = ([e for e, _ in memory.search(topic.summary, p.top_k, p.search)]
                          if p.top_k and len(memory) else [])
                 shown_all.append(shown)
-                prompts.append([{"role": "user", "content": fill(
-                    p.merge_template, topic=topic.summary, memories=render_numbered(shown))}])
+                prompts.append(with_prefix([{"role": "user", "content": fill(
+                    p.merge_template, topic=topic.summary, memories=render_numbered(shown))}],
+                    p.merge_reply_prefix))
             gens = self.generate(prompts, p.merge_max_new_tokens) if any(shown_all) else []
             for n, (j, shown) in enumerate(zip(active, shown_all, strict=True)):
                 state = batch[j]
@@ -258,11 +272,12 @@ class ProspectiveReflection(LLMComponent):
                     choice = MergeDecision("add")
                 else:
                     gen = gens[n]
-                    decision["raw"] = gen.text
+                    raw = p.merge_reply_prefix + gen.text
+                    decision["raw"] = raw
                     tokens[j][0] += gen.prompt_tokens
                     tokens[j][1] += gen.completion_tokens
                     try:
-                        choice = parse_merge(gen.text, len(shown))
+                        choice = parse_merge(raw, len(shown))
                         decision.update(action=choice.action, valid=True)
                     except MalformedReply as err:
                         records[j]["malformed"] += 1
