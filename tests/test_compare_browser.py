@@ -189,3 +189,26 @@ def test_compare_tab_in_the_workbench(tmp_path: Path, monkeypatch: pytest.Monkey
         sync_api.expect(page.locator("#compare-summary")).to_contain_text("30 records")
     finally:
         demo.close()
+
+
+def test_html_report_draws_its_figures_offline(tmp_path: Path, page: Any) -> None:
+    from app import compare
+
+    runs = []
+    for i, acc in enumerate((0.2, 0.5)):
+        runs.append(compare.results_from_data(
+            {"records": make_records(40, acc, seed=i, docs=[10, 50])}, f"run {i}"))
+        runs[-1].config = {"model": f"m{i}"}
+    comparison = compare.build_comparison(runs)
+    figures = compare.comparison_figures(runs, "em")
+    assert set(figures) == {"Parallel coordinates", "By context length"}
+    report = tmp_path / "report.html"
+    report.write_text(compare.report_html(comparison, figures), encoding="utf-8")
+    requested: list[str] = []
+    page.route("**/*", lambda route: (requested.append(route.request.url),
+                                      route.continue_() if route.request.url.startswith(
+                                          "file:") else route.abort()))
+    page.goto(report.as_uri())
+    sync_api.expect(page.locator(".js-plotly-plot")).to_have_count(2)
+    sync_api.expect(page.locator("table").first).to_contain_text("run 1")
+    assert all(u.startswith("file:") for u in requested)  # nothing fetched from a network
