@@ -134,6 +134,19 @@ def parse_tags(text: str | Sequence[str] | None) -> list[str]:
     return out
 
 
+NOTES_LIMIT = 20_000
+
+
+def check_notes(text: str | None) -> str | None:
+    """Notes as stored (None when empty); refuses notes longer than :data:`NOTES_LIMIT`."""
+    if text is None or not str(text).strip():
+        return None
+    if len(text) > NOTES_LIMIT:
+        raise CompareError(f"notes are {len(text):,} characters long; at most "
+                           f"{NOTES_LIMIT:,} are kept")
+    return str(text)
+
+
 def run_label(run: RunLike) -> str:
     """``#12 name`` (or ``#12 eval``)."""
     return f"#{run.id} {run.name or run.kind}"

@@ -152,4 +152,7 @@ def test_annotate_run(client: Client, store: RunStore, runs: tuple[int, int, int
         client.predict(4242, ["x"], None, api_name="/annotate_run")
     with pytest.raises(AppError, match="longer than 64"):
         client.predict(base, ["y" * 80], None, api_name="/annotate_run")
+    with pytest.raises(AppError, match="at most 20,000 are kept"):
+        client.predict(base, None, "n" * 20_001, api_name="/annotate_run")
     assert store.get_run(base).tags == ["base", "smollm2"]  # nothing lost
+    assert store.get_run(base).notes == "new note"

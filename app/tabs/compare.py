@@ -303,7 +303,8 @@ def create_compare_tab(store: RunStore, refresh_s: float = REFRESH_S) -> dict[st
         if run_id is None:
             return "Pick a run first."
         try:
-            store.update_run(int(run_id), tags=compare.parse_tags(tags), notes=notes or None)
+            store.update_run(int(run_id), tags=compare.parse_tags(tags),
+                             notes=compare.check_notes(notes))
         except MemFactoryError as err:
             return f"**Not saved.** {err}"
         return f"Saved tags and notes of run #{int(run_id)}."

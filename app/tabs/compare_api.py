@@ -96,7 +96,7 @@ def register_api(ctx: "AppContext") -> None:
             if tags is not None:
                 values["tags"] = compare.parse_tags(tags)
             if notes is not None:
-                values["notes"] = str(notes)
+                values["notes"] = compare.check_notes(str(notes))
             if values:
                 store.update_run(i, **values)
             run = store.get_run(i)
