@@ -175,3 +175,32 @@ def test_a_reranker_run_through_the_store_streams_its_metrics(tmp_path: Path,
     assert series["reward"][0] == [1, 2, 3, 4, 5]
     assert "evidence_hit_share" in series and "recall@2" in series
     assert (Path(done.output_dir) / "checkpoint-5" / "reranker.safetensors").is_file()
+
+
+def test_memories_and_questions_are_embedded_once(tmp_path: Path) -> None:
+    from memfactory_core.components.reranker import CandidateEmbeddings
+    from memfactory_core.memory import MemoryBank
+    from memfactory_core.rerank.candidates import share_embeddings
+    from memfactory_core.retrieval.embedders import load_embedder
+
+    class Counting:
+        def __init__(self) -> None:
+            self.inner = load_embedder("hashing-32")
+            self.model_name, self.dim, self.texts = "counting", 32, 0
+
+        def embed(self, texts):  # type: ignore[no-untyped-def]
+            self.texts += len(texts)
+            return self.inner.embed(texts)
+
+    inner = Counting()
+    bank = MemoryBank(inner)  # type: ignore[arg-type]
+    for text in ["Ann lives in Oslo", "Bo has a cat", "Ann likes tea"]:
+        bank.add(text)
+    questions = ["Where does Ann live?", "What pet does Bo have?"]
+    cached = share_embeddings({"c": bank}, questions)
+    assert cached is not None and inner.texts == 2
+    hits = [bank.search(q, 3, "dense") for q in questions]
+    assert inner.texts == 5  # the index embedded its three texts, the questions were cached
+    embed = CandidateEmbeddings(cached)  # type: ignore[arg-type]
+    embed([e.text for h in hits for e, _ in h] + questions)
+    assert inner.texts == 5

@@ -35,6 +35,7 @@ from memfactory_core.rerank.candidates import (
     query_slots,
     recall_at,
     retrieve_queries,
+    share_embeddings,
 )
 
 
@@ -71,6 +72,7 @@ def compare_recall(config: EvalConfig, ks: list[int] | None = None,
     retriever = make_component(retriever_slot, runtime, sampling)
     reranker = make_component(reranker_slot, runtime, sampling)
     assert isinstance(retriever, Retriever) and isinstance(reranker, Reranker)
+    share_embeddings(memories, [qa.question for ep in episodes for qa in ep.questions])
     t1 = time.perf_counter()
     queries = retrieve_queries(retriever, episodes, memories, need_evidence=True)
     t2 = time.perf_counter()

@@ -42,6 +42,7 @@ from memfactory_core.rerank.candidates import (
     query_slots,
     recall_at,
     retrieve_queries,
+    share_embeddings,
 )
 from memfactory_core.rerank.config import RerankerTrainingConfig
 from memfactory_core.rerank.module import (
@@ -156,6 +157,7 @@ class RerankerTrainer:
         if not eps:
             raise MemFactoryError("no training conversations: check data.path and its filters")
         self.memories = build_memories(self.runtime, eps, self.sampling)
+        share_embeddings(self.memories, [qa.question for ep in eps for qa in ep.questions])
         self.queries: list[Query] = retrieve_queries(
             retriever, eps, self.memories, need_evidence=self.rc.reward != "citation")
         self.queries = [q for q in self.queries if q.candidates]
