@@ -472,7 +472,8 @@ def pipeline_choices(store: RunStore) -> list[tuple[str, str]]:
 def sample_files() -> list[str]:
     """Data files a short run can read: the bundled samples, then JSON/JSONL files the
     workspace's ``data`` folder holds."""
-    files = sorted(str(p) for p in SAMPLE_DATA_DIR.glob("*.jsonl"))
+    files = sorted(str(p) for p in SAMPLE_DATA_DIR.iterdir()
+                   if p.suffix in (".json", ".jsonl") and p.is_file())
     data = memfactory_home() / "data"
     if data.is_dir():
         files += sorted(str(p) for p in data.rglob("*") if p.suffix in (".json", ".jsonl"))

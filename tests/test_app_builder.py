@@ -429,3 +429,19 @@ def test_the_workbench_starts_with_only_the_visible_tab_polling(store: RunStore)
     on_runs = build_app(store, selected="runs")
     active = [t for t in on_runs.blocks.values() if isinstance(t, gr.Timer) and t.active]
     assert [t.value for t in active] == [2.0]  # the Runs poller
+
+
+def test_uploads_stay_inside_the_workspace(tmp_path: Path) -> None:
+    from app.tabs.config_tab import keep_upload, upload_dir
+    from memfactory_core.paths import memfactory_home
+
+    sent = tmp_path / "my data;rm -rf.jsonl"
+    sent.write_text('{"x": 1}\n')
+    kept = Path(keep_upload(str(sent)))
+    assert kept.parent == upload_dir() and kept.name == "my_data_rm_-rf.jsonl"
+    assert kept.resolve().is_relative_to(memfactory_home().resolve())
+    assert kept.read_text() == '{"x": 1}\n'
+    hidden = tmp_path / ".bashrc"
+    hidden.write_text("x")
+    assert Path(keep_upload(str(hidden))).name == "bashrc"
+    assert str(kept) in drafts.sample_files()  # a workspace file can be tried
