@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from jobs.scheduler import Scheduler
 
 
-
 def resolve_auth(auth: str | None, auth_file: Path | None) -> tuple[str, str] | None:
     """The login from ``--auth-file``, ``$MEMFACTORY_UI_AUTH_FILE``, ``--auth`` or
     ``$MEMFACTORY_UI_AUTH`` (in that order; giving both flags is an error). ``--auth`` on
@@ -72,7 +71,7 @@ def parse_share(value: str) -> bool:
 
 def ui(
     host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback "
-                                           "needs --auth.")] = "127.0.0.1",
+                                           "needs a login (--auth-file).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 7860,
     auth: Annotated[
         str | None, typer.Option(help=f"USER:PASSWORD required to open the page. Visible to "
