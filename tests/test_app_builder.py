@@ -445,3 +445,13 @@ def test_uploads_stay_inside_the_workspace(tmp_path: Path) -> None:
     hidden.write_text("x")
     assert Path(keep_upload(str(hidden))).name == "bashrc"
     assert str(kept) in drafts.sample_files()  # a workspace file can be tried
+
+
+@pytest.mark.parametrize("name", drafts.presets())
+def test_every_preset_exports_to_the_same_pipeline(name: str) -> None:
+    draft = drafts.preset_draft(name)
+    assert drafts.check_draft(draft)["ok"], name
+    text = drafts.draft_yaml(draft)
+    assert drafts.draft_yaml(drafts.draft_from_yaml(text)) == text
+    exported = validate_spec(yaml.safe_load(text)).spec.model_dump()
+    assert exported == validate_spec(load_spec(name)).spec.model_dump()
