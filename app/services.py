@@ -185,5 +185,32 @@ def last_record(store: RunStore, run_id: int) -> dict[str, Any]:
     if run.status == "succeeded":
         records = store.samples(run.id, kind="eval_record")
         if records:
-            out["record"] = records[-1].data
+            out["record"] = with_ingest(records[-1].data, run.output_dir)
     return out
+
+
+RESULTS_READ_LIMIT = 64 << 20
+"""Largest ``results.json`` read to find a record's shared ingest trace (bytes)."""
+
+
+def with_ingest(record: dict[str, Any], output_dir: str | None) -> dict[str, Any]:
+    """``record`` plus ``ingest_steps``: the steps of the shared ingest it names by
+    ``ingest_id`` (a conversation read once for all its questions), from the run's
+    ``results.json``; the record unchanged when there is none."""
+    import json
+    from pathlib import Path
+
+    key = record.get("ingest_id")
+    if key is None or not output_dir:
+        return record
+    path = Path(output_dir) / "results.json"
+    try:
+        if path.stat().st_size > RESULTS_READ_LIMIT:
+            return record
+        episodes = json.loads(path.read_text(encoding="utf-8")).get("episodes") or {}
+    except (OSError, ValueError):
+        return record
+    found = episodes.get(str(key))
+    if not isinstance(found, dict):
+        return record
+    return {**record, "ingest_steps": list(found.get("steps") or [])}

@@ -1,5 +1,5 @@
 """The trace viewer: a rollout's steps (component, role, prompt, output, memory before and
-after as a word-level diff, tokens, seconds) as HTML.
+after as a word-level diff or a bank's recorded changes, tokens, seconds) as HTML.
 
 :func:`trace_html` is a pure function (no Gradio) usable by any page or report;
 :func:`trace_viewer` is the small Gradio wrapper the Build, Runs, Compare and Chat pages put
@@ -67,6 +67,25 @@ def word_diff_html(before: Any, after: Any) -> str:
     return "".join(out)
 
 
+def memory_diff_html(diff: Any) -> str:
+    """A memory's recorded changes as escaped HTML: a bank's ``added`` entries in
+    ``<ins>``, ``deleted`` ones in ``<del>``, ``updated`` ones as a word diff; any other
+    shape as JSON."""
+    if not isinstance(diff, dict) or not set(diff) <= {"added", "updated", "deleted"}:
+        return html.escape(as_text(diff))
+    lines = []
+    for entry in diff.get("added") or []:
+        lines.append(f"<ins>+ {html.escape(str(entry.get('id')))}: "
+                     f"{html.escape(as_text(entry.get('text')))}</ins>")
+    for entry in diff.get("updated") or []:
+        lines.append(f"~ {html.escape(str(entry.get('id')))}: "
+                     f"{word_diff_html(entry.get('before'), entry.get('after'))}")
+    for entry in diff.get("deleted") or []:
+        lines.append(f"<del>- {html.escape(str(entry.get('id')))}: "
+                     f"{html.escape(as_text(entry.get('text')))}</del>")
+    return "\n".join(lines)
+
+
 def _pre(label: str, text: str, cls: str) -> str:
     return (f"<div class='{cls}'><b>{label}</b><pre>{html.escape(_cut(text))}</pre></div>"
             if text else "")
@@ -96,6 +115,9 @@ def step_html(index: int, step: dict[str, Any]) -> str:
                      f"{word_diff_html(before, after)}</pre></div>")
     elif after is not None:
         parts.append("<div class='mf-memory mf-meta'>memory unchanged</div>")
+    if step.get("memory_diff"):
+        parts.append("<div class='mf-memory'><b>memory changes</b><pre>"
+                     f"{memory_diff_html(step['memory_diff'])}</pre></div>")
     extra = {k: v for k, v in (step.get("extra") or {}).items() if v is not None}
     if extra:
         parts.append(_pre("details", as_text(extra), "mf-extra"))
@@ -125,6 +147,11 @@ def trace_html(trace: dict[str, Any] | None, record: dict[str, Any] | None = Non
     head.append(f"<p class='mf-meta'>{len(steps)} steps · {tokens} generated tokens · "
                 f"{total:.2f} s · answer: <b>{html.escape(str(trace.get('answer')))}</b></p>")
     body = "".join(step_html(i, s) for i, s in enumerate(steps))
+    ingest = (record or {}).get("ingest_steps") or []
+    if ingest:
+        shared = "".join(step_html(i, s) for i, s in enumerate(ingest))
+        body = (f"<h5>Ingest ({len(ingest)} steps, shared by the questions of this "
+                f"conversation)</h5>{shared}<h5>Question</h5>{body}")
     return f"<div class='mf-trace'>{''.join(head)}{body}</div>"
 
 

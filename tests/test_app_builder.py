@@ -455,3 +455,30 @@ def test_every_preset_exports_to_the_same_pipeline(name: str) -> None:
     assert drafts.draft_yaml(drafts.draft_from_yaml(text)) == text
     exported = validate_spec(yaml.safe_load(text)).spec.model_dump()
     assert exported == validate_spec(load_spec(name)).spec.model_dump()
+
+
+def test_bank_changes_and_shared_ingest_steps_are_shown(tmp_path: Path) -> None:
+    import json
+
+    from app.services import with_ingest
+    from app.trace_view import memory_diff_html
+
+    diff = {"added": [{"id": "m1", "text": "Nora works at the library"}],
+            "updated": [{"id": "m2", "before": "likes tea", "after": "likes coffee"}],
+            "deleted": [{"id": "m3", "text": "lives in <Oslo>"}]}
+    out = memory_diff_html(diff)
+    assert "<ins>+ m1: Nora works at the library</ins>" in out
+    assert "~ m2: likes <del>tea</del><ins>coffee</ins>" in out
+    assert "<del>- m3: lives in &lt;Oslo&gt;</del>" in out
+    steps = [{"lane": "ingest", "slot": 2, "component": "memory_manager", "role": "manager",
+              "unit": 0, "memory_diff": diff}]
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"episodes": {"conv-1": {"steps": steps}}, "records": []}))
+    record = with_ingest({"question": "Where?", "ingest_id": "conv-1"}, str(tmp_path))
+    assert record["ingest_steps"] == steps
+    assert with_ingest({"ingest_id": "other"}, str(tmp_path)) == {"ingest_id": "other"}
+    assert with_ingest({"ingest_id": "conv-1"}, None) == {"ingest_id": "conv-1"}
+    page = trace_html({"steps": [{"lane": "query", "slot": 0, "component": "retriever"}]},
+                      record)
+    assert page.index("memory_manager") < page.index("retriever")
+    assert "shared by the questions" in page and "memory changes" in page

@@ -34,6 +34,7 @@ from app.services import (
     log_tail,
     read_preset,
     submit_config_text,
+    with_ingest,
 )
 from app.trace_view import trace_html, trace_viewer
 from jobs.models import ACTIVE_STATUSES, FINAL_STATUSES, Run
@@ -207,7 +208,13 @@ def eval_record(store: RunStore, run_id: int | None, index: int | None) -> dict[
         return None
     samples = store.samples(int(run_id), kind="eval_record", limit=RECORD_LIMIT)
     i = int(index)
-    return dict(samples[i].data or {}) if 0 <= i < len(samples) else None
+    if not 0 <= i < len(samples):
+        return None
+    try:
+        output_dir = store.get_run(int(run_id)).output_dir
+    except RunNotFound:
+        output_dir = None
+    return with_ingest(dict(samples[i].data or {}), output_dir)
 
 
 def scheduler_note(scheduler: Scheduler | None) -> str:
