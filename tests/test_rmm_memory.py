@@ -192,7 +192,30 @@ def test_reply_prefixes_start_the_replies_and_are_part_of_what_is_parsed() -> No
     # added, the second merged into it; session 2 merges both again
     [topic] = memory.topics()
     assert topic.text == "Ann lives in Bergen now" and len(topic.merged) == 3
-    first = [s for s in res.ingest if s.component == "prospective_reflection"][0]
+    first = next(s for s in res.ingest if s.component == "prospective_reflection")
     assert first.output["extractions"][0]["raw"].startswith('{"topics": [{"summary": "Ann')
     assert first.output["extractions"][0]["topics"][0]["dropped_turn_ids"] == ["D2:1"]
     assert first.extra["malformed"] == 0
+
+
+def test_eval_rmm_tiny_config_runs_and_reports_reflection(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from memfactory_core.paths import ASSETS_DIR
+
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["eval", str(ASSETS_DIR / "configs" / "eval_rmm_tiny.yaml"),
+                                      "data.conversations=[sample-1]", f"output_dir={out}"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    summary = results["summary"]
+    steps = results["episodes"]["sample-1"]["steps"]
+    reflections = [s for s in steps if s["component"] == "prospective_reflection"]
+    assert len(reflections) == 3  # one per session of the sample conversation
+    extractions = [e for s in reflections for e in s["output"]["extractions"]]
+    assert len(extractions) == 6  # two speakers per session
+    malformed = sum(s["extra"]["malformed"] for s in reflections)
+    assert summary["memory"]["malformed"] == malformed
+    assert all(("error" in e) != e["valid"] for e in extractions)
+    assert {"locomo_f1", "bleu1", "recall@5"} <= set(results["records"][0])
