@@ -34,7 +34,7 @@ def test_a_truncated_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "scheduler.pt"
     torch.save({"last_epoch": 3}, path)
     path.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(MemFactoryError, match="scheduler.pt is refused"):
+    with pytest.raises(MemFactoryError, match=r"scheduler\.pt is refused"):
         load_tensors(path)
 
 
