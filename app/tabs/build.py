@@ -136,9 +136,10 @@ def register(ctx: Any) -> None:
             try_model = gr.Dropdown(model_names, value=model_names[0] if model_names else None,
                                     allow_custom_value=True, label="Model", scale=2,
                                     elem_id="build-try-model")
-            try_sample = gr.Dropdown(samples, value=samples[0] if samples else None,
+            try_sample = gr.Dropdown(samples, value=default_sample(samples),
                                      label="Sample file", scale=3, elem_id="build-try-sample")
-            try_docs = gr.Number(2, precision=0, minimum=1, label="Documents per question",
+            try_docs = gr.Number(2, precision=0, minimum=1,
+                                 label="Documents per question (HotpotQA; empty: its own)",
                                  scale=1, elem_id="build-try-docs")
             try_btn = gr.Button("Try it", variant="primary", scale=1, elem_id="build-try")
         try_status = gr.Markdown("", elem_id="build-try-status")
@@ -354,6 +355,13 @@ def register(ctx: Any) -> None:
 def _saved_choices(store: RunStore) -> list[tuple[str, str]]:
     return [(f"{p['name']} (v{p['version']}{'' if p['valid'] else ', has problems'})",
              p["name"]) for p in drafts.saved_pipelines(store)]
+
+
+def default_sample(samples: list[str]) -> str | None:
+    """The bundled HotpotQA sample when there is one (MemAgent, the first preset, reads
+    documents), else the first sample."""
+    return next((f for f in samples if "hotpotqa" in Path(f).name), samples[0] if samples
+                else None)
 
 
 def _model_names() -> list[str]:

@@ -12,6 +12,7 @@ import gradio as gr
 
 from app import pipeline_drafts as drafts
 from app.services import last_record, parse_run_id, run_record, submit_config
+from app.tabs.build import default_sample
 from app.trace_view import trace_html
 from memfactory_core.errors import MemFactoryError
 
@@ -116,11 +117,12 @@ def register_api(ctx: "AppContext") -> None:
     def try_pipeline(draft_json: str, model: str = "tiny-random", sample: str = "",
                      docs: int | None = 2) -> dict[str, Any]:
         """Queue a one-question evaluation run of a valid draft on a sample file (default:
-        the first bundled sample); returns the run."""
+        the bundled HotpotQA sample); ``docs``: documents per HotpotQA question. Returns the
+        run."""
         try:
-            files = drafts.sample_files()
-            config = drafts.try_config(_draft(draft_json), model, sample or
-                                       (files[0] if files else ""), docs)
+            config = drafts.try_config(_draft(draft_json), model,
+                                       sample or default_sample(drafts.sample_files()) or "",
+                                       docs)
             run = submit_config(store, "eval", config, name="try", tags=["try"])
         except MemFactoryError as err:
             raise _fail(err) from None
