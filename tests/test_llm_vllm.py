@@ -213,7 +213,7 @@ def test_a_prompt_ending_with_an_assistant_prefix_is_continued(
     assert call["prompts"][0].endswith("Where is it?<|im_end|>\n<|im_start|>assistant\n")
 
     # the same text the transformers backend feeds its model
-    local = load_backend("tiny-random")
+    local = load_backend("tiny-random", device="cpu", dtype="float32")
     assert local.render_prompts(prefilled[:1] + plain) == [
         llm.calls[-2]["prompts"][0], call["prompts"][0]]
     with pytest.raises(MemFactoryError, match="cannot mix"):
