@@ -14,8 +14,8 @@ normalisation per ``loss_type``; a test checks it against ``GRPOTrainer._compute
 The optimiser, LoRA and device handling are torch + peft + accelerate.
 
 Memory of a step (measured by ``bench/train_memory.py``): what grows with the batch is the
-activations kept for the backward pass, about 80 KB per token per layer for SmolLM2 with
-LoRA in float32, i.e. gigabytes for a few thousand tokens. So the policy runs with SDPA
+activations kept for the backward pass, every layer's for every prompt and completion token
+of a micro-batch, i.e. gigabytes for a few thousand tokens. So the policy runs with SDPA
 attention and gradient checkpointing (only each layer's input is kept), turns go through
 forward/backward in micro-batches under a token budget (the loss is weighted so that any
 split gives the whole-batch loss), completion log-probabilities come from the picked logit
