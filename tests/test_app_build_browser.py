@@ -256,3 +256,29 @@ def test_a_new_component_shows_in_the_palette_with_a_working_form(page: Any,
         demo.close()
         base._REGISTRY.pop(cls.name, None)
     assert (tmp_path / "new-component.png").stat().st_size > 0
+
+
+def test_the_buttons_edit_the_pipeline_without_a_mouse_drag(page: Any, tmp_path: Path) -> None:
+    store = RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
+    demo, url = serve(store)
+    try:
+        open_builder(page, url)
+        lane_ids(page, "ingest", ["token_chunker", "memory_writer"])
+        page.get_by_text("Edit without a mouse").click()
+        page.get_by_role("combobox", name="Component").click()
+        page.get_by_role("option", name="memory_writer").click()
+        page.click("#build-add")  # the lane radio starts on ingest
+        lane_ids(page, "ingest", ["token_chunker", "memory_writer", "memory_writer_2"])
+        page.get_by_role("combobox", name="Slot").click()
+        page.get_by_role("option", name="ingest[2] memory_writer (memory_writer_2)").click()
+        page.click("#build-up")
+        lane_ids(page, "ingest", ["token_chunker", "memory_writer_2", "memory_writer"])
+        page.click("#build-other-lane")
+        lane_ids(page, "query", ["boxed_answerer", "memory_writer_2"])
+        expect(page.locator("#build-status")).to_contain_text("problem")
+        page.click("#build-remove")
+        lane_ids(page, "query", ["boxed_answerer"])
+        expect(page.locator("#build-status")).to_contain_text("Valid pipeline")
+        page.screenshot(path=str(tmp_path / "buttons.png"))
+    finally:
+        demo.close()
