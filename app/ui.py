@@ -63,7 +63,7 @@ def check_exposure(host: str, auth: tuple[str, str] | None, share: bool = False)
 def tab_specs() -> list[TabSpec]:
     """The workbench's tabs, in order. Adding a tab is one line here: a module with a
     ``register(ctx)`` function."""
-    from app.tabs import build, compare, evaluate, runs, train
+    from app.tabs import build, chat, compare, evaluate, runs, train
 
     return [
         TabSpec("Build", "build", build.register),
@@ -71,6 +71,7 @@ def tab_specs() -> list[TabSpec]:
         TabSpec("Evaluate", "evaluate", evaluate.register),
         TabSpec("Runs", "runs", runs.register),
         TabSpec("Compare", "compare", compare.register),
+        TabSpec("Chat", "chat", chat.register),
     ]
 
 
