@@ -76,14 +76,17 @@ def app(tmp_path: Path) -> Iterator[tuple[str, RunStore]]:
 def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1400, "height": 1400})
     page = context.new_page()
-    page.set_default_timeout(30_000)
+    # generous waits: a busy CI host can take tens of seconds to render the workbench
+    page.set_default_timeout(120_000)
+    sync_api.expect.set_options(timeout=60_000)
     try:
         yield page
     finally:
+        sync_api.expect.set_options(timeout=5_000)
         context.close()
 
 
-def wait_for_points(page: Any, name: str, expected: int, timeout_s: float = 30.0) -> None:
+def wait_for_points(page: Any, name: str, expected: int, timeout_s: float = 90.0) -> None:
     deadline = time.monotonic() + timeout_s
     seen = None
     while time.monotonic() < deadline:
