@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel
 
 from app.pipeline_drafts import schema_fields
-from memfactory_core.config import validate_config
+from memfactory_core.config import load_yaml_text, validate_config
 from memfactory_core.errors import MemFactoryError, ValidationError
 
 HIDDEN = ("output_dir",)
@@ -117,11 +117,12 @@ def _parse(field: dict[str, Any], value: Any) -> Any:
         try:
             return json.loads(value)
         except json.JSONDecodeError:
+            path = field["path"]
             try:
-                return yaml.safe_load(value)
-            except yaml.YAMLError as err:
-                raise MemFactoryError(f"{field['path']}: not valid JSON or YAML: {err}"
-                                      ) from None
+                return load_yaml_text(value, path)  # refuses alias bombs and huge text
+            except MemFactoryError as err:
+                reason = str(err).removeprefix(f"{path}: ").removeprefix("not valid YAML: ")
+                raise MemFactoryError(f"{path}: not valid JSON or YAML: {reason}") from None
     if kind == "integer" and isinstance(value, float) and value.is_integer():
         return int(value)
     if kind == "text" and value == "" and field["default"] is None:

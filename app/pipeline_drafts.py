@@ -25,6 +25,7 @@ import yaml
 
 from jobs.store import RunStore
 from memfactory_core.components.base import Stage
+from memfactory_core.config import load_yaml_text
 from memfactory_core.errors import MemFactoryError, Problem, ValidationError
 from memfactory_core.paths import PIPELINES_DIR, SAMPLE_DATA_DIR, memfactory_home
 from memfactory_core.pipeline import SlotSpec, component_catalog, load_spec, validate_spec
@@ -134,7 +135,9 @@ def slot_ids_in_spec() -> bool:
 
 
 def _new_id(component: str, taken: set[str]) -> str:
-    base = re.sub(r"[^A-Za-z0-9_]", "_", component or "slot") or "slot"
+    base = re.sub(r"[^A-Za-z0-9_]", "_", component or "slot")[:56] or "slot"
+    if base[0].isdigit():
+        base = f"_{base}"
     if base not in taken:
         return base
     n = 2
@@ -367,11 +370,12 @@ def draft_yaml(draft: dict[str, Any]) -> str:
 
 
 def draft_from_yaml(text: str, source: str = "pipeline") -> dict[str, Any]:
-    """A draft of a pipeline YAML (or JSON) text."""
+    """A draft of a pipeline YAML (or JSON) text; its slot ids are kept. The text is read
+    with the config limits (size, alias expansion)."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise DraftError(f"{source}: not valid YAML: {err}") from None
+        data = load_yaml_text(text, source)
+    except MemFactoryError as err:
+        raise DraftError(str(err)) from None
     if not isinstance(data, dict):
         raise DraftError(f"{source}: a pipeline must be a mapping, got {type(data).__name__}")
     return draft_from_spec(data)

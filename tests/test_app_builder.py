@@ -63,6 +63,12 @@ def new_component() -> Iterator[type[Component]]:
         base._REGISTRY.pop(cls.name, None)
 
 
+#: a "billion laughs" YAML: 9 levels of 10 aliases each expand to 10**9 values
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+    for i in range(8))
+
+
 @pytest.fixture()
 def store(tmp_path: Path) -> RunStore:
     return RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
@@ -257,6 +263,9 @@ def test_config_form_fields_follow_the_model() -> None:
     assert any("unknown reward 'nope'" in p for p in problems)
     values["rewards"] = "[{"
     with pytest.raises(Exception, match="rewards: not valid JSON or YAML"):
+        forms.build_config(list(fields.values()), values)
+    values["rewards"] = ALIAS_BOMB
+    with pytest.raises(Exception, match="rewards: not valid JSON or YAML: expands to more"):
         forms.build_config(list(fields.values()), values)
 
 
@@ -453,8 +462,30 @@ def test_every_preset_exports_to_the_same_pipeline(name: str) -> None:
     assert drafts.check_draft(draft)["ok"], name
     text = drafts.draft_yaml(draft)
     assert drafts.draft_yaml(drafts.draft_from_yaml(text)) == text
-    exported = validate_spec(yaml.safe_load(text)).spec.model_dump()
-    assert exported == validate_spec(load_spec(name)).spec.model_dump()
+    exported = validate_spec(yaml.safe_load(text)).spec
+    preset = validate_spec(load_spec(name)).spec
+    slots = [*exported.ingest, *exported.query]
+    assert [s.id for s in slots] == [s["id"] for ln in drafts.LANES for s in draft[ln]]
+    for mine, shipped in zip(slots, [*preset.ingest, *preset.query], strict=True):
+        assert shipped.id in (None, mine.id)  # a preset's own ids are kept
+    no_ids = {"ingest": {"__all__": {"id"}}, "query": {"__all__": {"id"}}}
+    assert exported.model_dump(exclude=no_ids) == preset.model_dump(exclude=no_ids)
+
+
+def test_imported_ids_are_kept_and_checked() -> None:
+    text = drafts.draft_yaml(memagent()).replace("id: token_chunker", "id: chunk")
+    draft = drafts.draft_from_yaml(text, "upload")
+    assert [s["id"] for s in draft["ingest"]] == ["chunk", "memory_writer"]
+    assert "id: chunk\n" in drafts.draft_yaml(draft)
+    assert validate_spec(yaml.safe_load(drafts.draft_yaml(draft))).spec.ingest[0].id == "chunk"
+    bad = drafts.draft_from_yaml(text.replace("id: chunk", "id: chunk-1"), "upload")
+    problems = drafts.check_draft(bad)["problems"]
+    assert [(p["location"], p["slot"]) for p in problems] == [("ingest[0].id", "chunk-1")]
+
+
+def test_pasted_alias_bomb_is_refused_not_expanded() -> None:
+    with pytest.raises(drafts.DraftError, match="upload: expands to more than"):
+        drafts.draft_from_yaml(ALIAS_BOMB, "upload")
 
 
 def test_bank_changes_and_shared_ingest_steps_are_shown(tmp_path: Path) -> None:

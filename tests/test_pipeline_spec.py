@@ -95,6 +95,32 @@ def test_missing_pipeline_file_lists_presets(tmp_path) -> None:
         load_spec(bad)
 
 
+def test_alias_bomb_file_is_refused_naming_the_file(tmp_path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n"
+        for i in range(8)))
+    with pytest.raises(MemFactoryError, match=r"bomb\.yaml: expands to more than"):
+        load_spec(bomb)
+
+
+def test_slot_ids_are_simple_and_unique() -> None:
+    spec = memagent()
+    spec["ingest"][0]["id"] = "step_1"
+    spec["ingest"][1]["id"] = "step_2"
+    spec["query"][0]["id"] = "step_1"
+    with pytest.raises(ValidationError) as info:
+        validate_spec(spec)
+    assert [p.location for p in info.value.problems] == ["query[0].id"]
+    assert "ingest[0]" in info.value.problems[0].message
+    spec["query"][0]["id"] = "answer"
+    assert [s.id for s in validate_spec(spec).spec.query] == ["answer"]
+    spec["query"][0]["id"] = "not an id"
+    with pytest.raises(ValidationError) as info:
+        validate_spec(spec)
+    assert [p.location for p in info.value.problems] == ["query[0].id"]
+
+
 def test_catalog_has_schemas_for_the_builder() -> None:
     catalog = {c["name"]: c for c in component_catalog()}
     assert set(catalog) == set(registry())

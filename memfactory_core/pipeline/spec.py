@@ -7,10 +7,10 @@ problem at once with its location, e.g. ``ingest[1] memory_writer: params.max_ne
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
@@ -22,19 +22,33 @@ from memfactory_core.components.base import (
     get_component,
     registry,
 )
+from memfactory_core.config import load_yaml_text
 from memfactory_core.errors import MemFactoryError, Problem, ValidationError
 from memfactory_core.memory import memory_types
 from memfactory_core.paths import PIPELINES_DIR
 
+#: what a slot ``id`` may be: a letter or underscore, then letters, digits, underscores
+SLOT_ID_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
 
 class SlotSpec(BaseModel):
-    """One slot of a lane: a component, its parameters and (for LLM components) its role."""
+    """One slot of a lane: a component, its parameters, (for LLM components) its role and
+    an optional ``id`` that names the step stably (unique within the pipeline)."""
 
     model_config = ConfigDict(extra="forbid")
 
     component: str
+    id: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     role: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _simple_id(cls, v: str | None) -> str | None:
+        if v is not None and not SLOT_ID_PATTERN.match(v):
+            raise ValueError(f"{v!r} is not a simple identifier (a letter or '_', then "
+                             "letters, digits or '_', at most 64)")
+        return v
 
 
 class MemorySpec(BaseModel):
@@ -109,7 +123,8 @@ class ResolvedPipeline(BaseModel):
 def _pydantic_problems(prefix: str, err: PydanticValidationError) -> list[Problem]:
     out = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
+        loc = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in e["loc"])
+        loc = loc.removeprefix(".")  # list positions as in ``ingest[0].id``
         sep = "." if prefix and loc else ""
         out.append(Problem(f"{prefix}{sep}{loc}", e["msg"]))
     return out
@@ -121,6 +136,7 @@ def _check_lane(
     memory_kind: str,
     available: set[str],
     problems: list[Problem],
+    ids: dict[str, str],
 ) -> tuple[list[ResolvedSlot], set[str]]:
     comps = registry()
     resolved: list[ResolvedSlot] = []
@@ -128,6 +144,12 @@ def _check_lane(
         problems.append(Problem(lane, "lane is empty"))
     for i, slot in enumerate(slots):
         where = f"{lane}[{i}]"
+        if slot.id is not None:
+            if slot.id in ids:
+                problems.append(Problem(f"{where}.id", f"id {slot.id!r} is already used by "
+                                        f"{ids[slot.id]}; slot ids must be unique"))
+            else:
+                ids[slot.id] = where
         cls = comps.get(slot.component)
         if cls is None:
             problems.append(
@@ -195,12 +217,13 @@ def validate_spec(data: PipelineSpec | dict[str, Any]) -> ResolvedPipeline:
             memory_params = memory_type.Params.model_validate(spec.memory.params)
         except PydanticValidationError as err:
             problems.extend(_pydantic_problems("memory.params", err))
+    ids: dict[str, str] = {}  # slot id -> where it was first used
     ingest, after_ingest = _check_lane(
-        "ingest", spec.ingest, spec.memory.type, {*EPISODE_PORTS, Port.QUESTION}, problems
+        "ingest", spec.ingest, spec.memory.type, {*EPISODE_PORTS, Port.QUESTION}, problems, ids
     )
     del after_ingest  # values of the ingest lane do not flow into the query lane; memory does
     query, available = _check_lane("query", spec.query, spec.memory.type, {Port.QUESTION},
-                                   problems)
+                                   problems, ids)
     if spec.query and Port.ANSWER not in available:
         problems.append(Problem("query", "no slot produces an 'answer'"))
     if problems:
@@ -220,11 +243,13 @@ def load_spec(source: str | Path) -> PipelineSpec | dict[str, Any]:
             presets = ", ".join(sorted(p.stem for p in PIPELINES_DIR.glob("*.yaml")))
             raise MemFactoryError(f"no pipeline file {source!r}; presets: {presets}")
     text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        kind = "JSON" if path.suffix == ".json" else "YAML"
-        raise MemFactoryError(f"{path}: not valid {kind}: {err}") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise MemFactoryError(f"{path}: not valid JSON: {err}") from None
+    else:
+        data = load_yaml_text(text, str(path))  # errors name the file
     if not isinstance(data, dict):
         raise MemFactoryError(f"{path}: a pipeline must be a mapping, got {type(data).__name__}")
     return data
