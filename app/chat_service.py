@@ -294,7 +294,7 @@ class ChatService:
         state = RolloutState(id="chat", values=values, memory=memory)
         steps: list[TraceStep] = []
         conv_session = int(prev.get("session", 1))
-        turn_no = int(prev.get("turn", 0))
+        turn_no = int(prev.get("turn", 0)) + (kind == "message")
         pending: list[dict[str, Any]] = list(prev.get("pending") or [])
         session_level = runtime._segmenter.name in SESSION_LEVEL
         doc_pipeline = runtime.pipeline.question_conditioned
@@ -303,7 +303,6 @@ class ChatService:
             values[Port.DOCUMENT] = text
             values[Port.QUESTION] = READ_QUESTION
         elif kind == "message" and not doc_pipeline:
-            turn_no += 1
             turn = {"id": f"D{conv_session}:{turn_no}", "speaker": USER, "text": text,
                     "session": conv_session,
                     "time": datetime.now(UTC).strftime("%d %B %Y")}

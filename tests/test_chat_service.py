@@ -202,3 +202,19 @@ def test_turn_ops_reads_bank_and_text_changes() -> None:
         {"event": "DELETE", "id": "m3", "old": "c", "new": None},
         {"event": "REWRITE", "id": "text", "old": "old", "new": "new"},
     ]
+
+
+def test_tiny_random_rmm_writes_memory_at_session_end(store: RunStore) -> None:
+    chat = ChatService(store)
+    sid = chat.create_session(chat_spec("rmm"), "tiny-random")
+    for n, text in enumerate(["I live in Oslo.", "I have a cat named Tom."], 1):
+        trace = run(chat.send(sid, text))["done"].data["trace"]
+        assert [t["text"] for t in trace["pending"]][-1] == text and len(trace["pending"]) == n
+        assert not any(s["component"] == "prospective_reflection" for s in trace["steps"])
+    ended = run(chat.end_session(sid))["done"]
+    assert "ended" in ended.text and ended.data["trace"]["pending"] == []
+    assert [s["component"] for s in ended.data["trace"]["steps"]][:2] == [
+        "session_segmenter", "prospective_reflection"]
+    assert ended.data["trace"]["session"] == 2
+    after = run(chat.send(sid, "Where do I live?"))["done"].data["trace"]
+    assert after["pending"][0]["id"] == "D2:1"

@@ -108,7 +108,9 @@ def inspector_html(trace: dict[str, Any] | None) -> str:
     waiting = (f"<p class='mf-meta'>{len(pending)} turn(s) wait for the end of session "
                f"{trace.get('session')}.</p>") if pending else ""
     now = memory_html(trace.get("memory"), trace.get("previous_memory"))
-    return (f"<div class='mf-inspector'><h4>Memory now ({_esc(trace.get('memory_kind'))})</h4>"
+    return (f"<div class='mf-inspector' data-turn='{_esc(trace.get('turn'))}' "
+            f"data-kind='{_esc(trace.get('kind'))}'>"
+            f"<h4>Memory now ({_esc(trace.get('memory_kind'))})</h4>"
             f"<div id='mf-memory-now'>{now}</div>{waiting}<h4>This turn's operations</h4>"
             f"{ops_html(trace.get('ops') or [])}"
             f"<h4>Retrieved</h4>{retrieved_html(trace.get('retrieved') or {})}</div>")

@@ -1,0 +1,137 @@
+"""The Chat tab in a real browser (Playwright + headless Chromium): chat with tiny-random
+agents, the inspector shows the memory and the turn's operations after each turn, a reload
+keeps the session, rewinding removes the last turn."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.ui import build_app
+from jobs.store import RunStore
+from tests.test_chat_app import given_facts
+from tests.test_chat_service import chat_spec
+
+CHROMIUM = os.environ.get("MEMFACTORY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+pytestmark = pytest.mark.slow
+
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="playwright is not installed (pip install playwright)")
+if not Path(CHROMIUM).is_file():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set "
+                "MEMFACTORY_CHROMIUM)", allow_module_level=True)
+
+
+sync_api.expect.set_options(timeout=120_000)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture()
+def app(tmp_path: Path) -> Iterator[tuple[str, RunStore]]:
+    store = RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
+    store.save_pipeline("chat_rag", given_facts("rag"))
+    store.save_pipeline("chat_memory_r1", given_facts("memory_r1"))
+    store.save_pipeline("chat_memagent", chat_spec("memagent"))
+    demo = build_app(store, refresh_s=5.0, selected="chat")
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
+                            prevent_thread_lock=True, quiet=True)
+    try:
+        yield url, store
+    finally:
+        demo.close()
+
+
+@pytest.fixture()
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1400})
+    page = context.new_page()
+    page.set_default_timeout(90_000)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def start(page: Any, pipeline: str) -> None:
+    box = page.locator("#chat-pipeline input")
+    box.fill(pipeline)
+    box.press("Enter")
+    page.locator("#chat-new").click()
+    sync_api.expect(page.locator("#chat-status")).to_contain_text("started")
+
+
+def send(page: Any, text: str, turns: int) -> None:
+    page.locator("#chat-message textarea").fill(text)
+    page.locator("#chat-send").click()
+    sync_api.expect(page.locator("#chat-bot")).to_contain_text(text)
+    sync_api.expect(page.locator(
+        f"#chat-inspector .mf-inspector[data-turn='{turns}'][data-kind='message']")
+    ).to_have_count(1)
+
+
+def test_rag_chat_inspector_reload_rewind(app: tuple[str, RunStore], page: Any) -> None:
+    url, _ = app
+    page.goto(url)
+    start(page, "chat_rag")
+    send(page, "My sister Mia lives in Rome.", 1)
+    inspector = page.locator("#chat-inspector")
+    sync_api.expect(inspector.locator(".mf-bank")).to_contain_text("Mia lives in Rome")
+    sync_api.expect(inspector.locator(".mf-ops")).to_contain_text("ADD")
+    send(page, "Her dog is called Rex.", 2)
+    sync_api.expect(inspector.locator(".mf-bank tr[data-id='m2']")).to_contain_text("Rex")
+    sync_api.expect(inspector.locator(".mf-ops .mf-op")).to_have_count(1)
+    sync_api.expect(page.locator("#chat-trace")).to_contain_text("Question: Her dog")
+    # a reload shows the same session, its messages and its memory
+    page.reload()
+    sync_api.expect(page.locator("#chat-bot")).to_contain_text("Her dog is called Rex.")
+    sync_api.expect(inspector.locator(".mf-bank tr[data-id='m2']")).to_contain_text("Rex")
+    # rewind to the first turn: the second turn and its memory entry are gone
+    page.locator("#chat-keep input").fill("1")
+    page.locator("#chat-rewind").click()
+    sync_api.expect(page.locator("#chat-status")).to_contain_text("2 message(s) removed")
+    sync_api.expect(page.locator("#chat-bot")).not_to_contain_text("Her dog is called Rex.")
+    sync_api.expect(inspector.locator(".mf-bank tr[data-id='m2']")).to_have_count(0)
+    sync_api.expect(inspector.locator(".mf-bank")).to_contain_text("Mia lives in Rome")
+
+
+def test_memory_r1_and_memagent_chat(app: tuple[str, RunStore], page: Any) -> None:
+    url, _ = app
+    page.goto(url)
+    start(page, "chat_memory_r1")
+    send(page, "I live in Oslo.", 1)
+    inspector = page.locator("#chat-inspector")
+    sync_api.expect(inspector).to_contain_text("This turn's operations")
+    sync_api.expect(page.locator("#chat-trace")).to_contain_text("memory_manager")
+    start(page, "chat_memagent")
+    page.get_by_text("Document (MemAgent)").click()
+    page.locator("#chat-document textarea").fill(
+        " ".join(f"Sentence {i} says that Mia has {i} apples." for i in range(10)))
+    page.locator("#chat-read").click()
+    sync_api.expect(page.locator("#chat-bot")).to_contain_text("I read the document")
+    sync_api.expect(inspector).to_contain_text("TextMemory")
+    sync_api.expect(inspector.locator(".mf-ops")).to_contain_text("REWRITE")
+    send(page, "How many apples has Mia?", 1)
+    sync_api.expect(page.locator("#chat-trace")).to_contain_text("boxed_answerer")
