@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -70,7 +71,8 @@ def models(
         err_console.print(f"prepared {name}: {path}")
     infos = list_models()
     if as_json:
-        print(json.dumps([info.as_dict() for info in infos], indent=2))
+        rows = [{**dataclasses.asdict(info), "path": str(info.path)} for info in infos]
+        print(json.dumps(rows, indent=2))
         return
     for info in infos:
         state = f"ready at {info.path}" if info.prepared else "not prepared yet"
@@ -161,7 +163,7 @@ def train(
     ] = False,
 ) -> None:
     """Train a pipeline's policy roles with GRPO (LoRA); writes OUTPUT_DIR/metrics.jsonl,
-    samples/ and checkpoint-N/. Ctrl-C stops at the next step and saves a checkpoint.
+    samples/ and checkpoint-N/. Ctrl-C or SIGTERM stops at the next step and saves a checkpoint.
     A non-empty OUTPUT_DIR is refused unless the config says `resume=true` (continue from
     its latest checkpoint) or --overwrite is given."""
     import signal
@@ -184,17 +186,18 @@ def train(
         callbacks.append(ReportToCallback(cfg.report_to))
     trainer = build_trainer(cfg, callbacks)
 
-    def _on_sigint(signum: int, frame: object) -> None:
+    def _on_signal(signum: int, frame: object) -> None:
         if stop.requested:
             raise KeyboardInterrupt
         err_console.print("stopping after this step (Ctrl-C again to abort)")
         stop.request()
 
-    previous = signal.signal(signal.SIGINT, _on_sigint)
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         summary = trainer.train()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     last = summary["last_metrics"]
     state = "stopped" if summary["stopped"] else "done"
     console.print(f"{state} at step {summary['steps']} in {summary['seconds']:.1f} s; "
