@@ -107,13 +107,28 @@ def check_endpoint(backend: LLMBackend, spec: str) -> None:
 
 def adapter_dir(store: Any, run_id: int) -> Path:
     """A training run's latest checkpoint folder holding a LoRA adapter."""
-    store.get_run(run_id)
-    folders = [Path(a.path) for a in store.artifacts(run_id) if a.kind == "checkpoint"]
-    found = [p for p in folders if (p / "adapter_config.json").exists()]
+    from memfactory_core.training.trainer import latest_checkpoint
+
+    run = store.get_run(run_id)
+    out = (run.config or {}).get("output_dir") or run.output_dir
+    ckpt = latest_checkpoint(out) if out else None
+    if ckpt is None:
+        raise MemFactoryError(f"run:{run_id} has no checkpoint yet (looked in {out})")
+    found = sorted(ckpt.glob("**/adapter_config.json"), key=lambda p: len(p.parts))
     if not found:
-        raise MemFactoryError(f"run:{run_id} has no checkpoint with a LoRA adapter "
+        raise MemFactoryError(f"run:{run_id}: checkpoint {ckpt} holds no LoRA adapter "
                               "(adapter_config.json)")
-    return found[-1]
+    return found[0].parent
+
+
+def base_model_of(run: Any) -> str:
+    """The base model a training run's config names."""
+    model = (run.config or {}).get("model")
+    if isinstance(model, dict):
+        model = model.get("model") or model.get("name")
+    if not model:
+        raise MemFactoryError(f"run:{run.id}: its config names no base model")
+    return str(model)
 
 
 def load_adapter(base: str, folder: Path) -> LLMBackend:
@@ -163,10 +178,7 @@ class AgentManager:
             run_id = parse_run_id(name.removeprefix("run:"))
             if self.store is None:
                 raise MemFactoryError("no store to find the run's checkpoint in")
-            run = self.store.get_run(run_id)
-            base = str(((run.config or {}).get("model") or {}).get("name") or "")
-            if not base:
-                raise MemFactoryError(f"run:{run_id}: its config names no base model")
+            base = base_model_of(self.store.get_run(run_id))
             folder = adapter_dir(self.store, run_id)
             return load_adapter(base, folder), f"{base} + adapter of run {run_id}"
         from memfactory_core.llm.models import load_backend

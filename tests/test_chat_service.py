@@ -218,3 +218,47 @@ def test_tiny_random_rmm_writes_memory_at_session_end(store: RunStore) -> None:
     assert ended.data["trace"]["session"] == 2
     after = run(chat.send(sid, "Where do I live?"))["done"].data["trace"]
     assert after["pending"][0]["id"] == "D2:1"
+
+
+def _trained_run(store: RunStore, tmp_path: Path, base_recorded: str | None) -> int:
+    """A training run whose latest checkpoint holds a LoRA adapter of tiny-random (its
+    config records ``base_recorded`` as the adapter's base when given)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from memfactory_core.llm.models import resolve_model_path
+
+    out = tmp_path / "train_out"
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny-random"))
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear"))
+    ckpt = out / "checkpoint-3"
+    peft_model.save_pretrained(ckpt)
+    (ckpt / "trainer_state.json").write_text("{}")
+    if base_recorded is not None:
+        cfg = json.loads((ckpt / "adapter_config.json").read_text())
+        cfg["base_model_name_or_path"] = base_recorded
+        (ckpt / "adapter_config.json").write_text(json.dumps(cfg))
+    run = store.create_run("train", {"model": "tiny-random", "output_dir": str(out)},
+                           model="tiny-random")
+    return run.id
+
+
+def test_training_run_checkpoint_loads_as_an_adapter(store: RunStore, tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    run_id = _trained_run(store, tmp_path, None)
+    chat = ChatService(store)
+    sid = chat.create_session(chat_spec("rag"), f"run:{run_id}")
+    loaded = chat.manager.load(f"run:{run_id}")
+    assert isinstance(loaded.llm.inner.model, PeftModel)
+    assert loaded.describe == f"tiny-random + adapter of run {run_id}"
+    assert run(chat.send(sid, "I live in Oslo."))["tokens"]
+
+
+def test_adapter_of_another_base_is_refused_in_a_session(store: RunStore,
+                                                          tmp_path: Path) -> None:
+    run_id = _trained_run(store, tmp_path, "some-org/another-model")
+    chat = ChatService(store)
+    with pytest.raises(MemFactoryError, match="trained on 'some-org/another-model'"):
+        chat.create_session(chat_spec("rag"), f"run:{run_id}")
+    assert chat.sessions() == []
