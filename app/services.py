@@ -13,16 +13,13 @@ import yaml
 
 from app.charts import run_duration
 from jobs.models import Run
-from jobs.store import RunStore
+from jobs.store import MAX_RUN_ID, RunStore
 from jobs.submit import parse_config_text, submit_run
 from memfactory_core.errors import MemFactoryError
 from memfactory_core.paths import CONFIGS_DIR
 
 LOG_LINES = 200
 """Lines of a run's log the page and the API show by default."""
-
-MAX_RUN_ID = 2**63 - 1
-"""The largest id the store can hold (a signed 64-bit integer)."""
 
 RUN_KINDS = ("train", "eval")
 
