@@ -43,9 +43,11 @@ def _time(t: float | None) -> str | None:
 
 
 def _duration(run: Run) -> float | None:
+    from jobs.models import ACTIVE_STATUSES
+
     if run.started_at is None:
         return None
-    end = run.finished_at or (time.time() if run.status in ("starting", "running") else None)
+    end = run.finished_at or (time.time() if run.status in ACTIVE_STATUSES else None)
     return round(end - run.started_at, 1) if end else None
 
 
