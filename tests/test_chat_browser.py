@@ -135,3 +135,24 @@ def test_memory_r1_and_memagent_chat(app: tuple[str, RunStore], page: Any) -> No
     sync_api.expect(inspector.locator(".mf-ops")).to_contain_text("REWRITE")
     send(page, "How many apples has Mia?", 1)
     sync_api.expect(page.locator("#chat-trace")).to_contain_text("boxed_answerer")
+
+
+def test_unreachable_endpoint_is_refused_and_the_session_stays(app: tuple[str, RunStore],
+                                                                page: Any) -> None:
+    url, store = app
+    page.goto(url)
+    start(page, "chat_rag")
+    send(page, "My sister Mia lives in Rome.", 1)
+    page.locator("#chat-model input, #chat-model textarea").first.fill(
+        "openai:gpt-x@http://127.0.0.1:9/v1")
+    page.locator("#chat-new").click()
+    sync_api.expect(page.locator("#chat-status")).to_contain_text("does not answer")
+    sync_api.expect(page.locator("#chat-bot")).to_contain_text("My sister Mia lives in Rome.")
+    page.reload()
+    sync_api.expect(page.locator("#chat-bot")).to_contain_text("My sister Mia lives in Rome.")
+    sync_api.expect(page.locator("#chat-inspector .mf-bank")).to_contain_text("Mia")
+    from app.chat_service import ChatService
+
+    stored = ChatService(store)
+    assert [s["id"] for s in stored.sessions()] == [1]
+    assert [m["role"] for m in stored.messages(1)] == ["user", "assistant"]
