@@ -53,9 +53,9 @@ from memfactory_core.rerank.module import (
     save_reranker,
     select_top_m,
 )
-from memfactory_core.training.callbacks import TrainingCallback, TrainState
+from memfactory_core.training.callbacks import TrainingCallback
 from memfactory_core.training.config import TrainConfig
-from memfactory_core.training.trainer import CHECKPOINT_PREFIX, CONFIG_FILE, latest_checkpoint
+from memfactory_core.training.loop import CheckpointedLoop
 
 
 def load_state(file: Path) -> Any:
@@ -121,7 +121,7 @@ def grpo_subset_loss(sels: list[Selection], rewards: list[list[list[float]]]) ->
     return -(adv * logp).mean()
 
 
-class RerankerTrainer:
+class RerankerTrainer(CheckpointedLoop):
     """REINFORCE (with a baseline) or GRPO training of a pipeline's reranker slot."""
 
     def __init__(self, config: TrainConfig, callbacks: Sequence[TrainingCallback] = (),
@@ -287,9 +287,7 @@ class RerankerTrainer:
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
         """Weights (safetensors, with the embedding dimension), optimizer and RNG state."""
-        path = self.output_dir / f"{CHECKPOINT_PREFIX}{self.step}"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
+        path, tmp = self._checkpoint_paths()
         save_reranker(self.module, tmp / WEIGHTS_FILE)
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"torch": torch.get_rng_state(), "sampler": self.rng.get_state()},
@@ -297,28 +295,7 @@ class RerankerTrainer:
         (tmp / "trainer_state.json").write_text(json.dumps({
             "step": self.step, "max_steps": self.config.max_steps, "kind": "reranker",
             "dim": self.module.dim, "embedder": self.module.embedder}), encoding="utf-8")
-        if path.exists():
-            import shutil
-
-            shutil.rmtree(path)
-        tmp.rename(path)
-        self._prune_checkpoints()
-        state = self._state(logged=False)
-        for cb in self.callbacks:
-            cb.on_save(state, path)
-        return path
-
-    def _prune_checkpoints(self) -> None:
-        limit = self.config.save_total_limit
-        if limit is None:
-            return
-        import shutil
-
-        found = sorted((int(p.name[len(CHECKPOINT_PREFIX):]), p)
-                       for p in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*")
-                       if p.name[len(CHECKPOINT_PREFIX):].isdigit())
-        for _, old in found[:-limit]:
-            shutil.rmtree(old, ignore_errors=True)
+        return self._publish_checkpoint(tmp, path)
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore weights, optimizer, RNG and step from ``path``."""
@@ -332,50 +309,12 @@ class RerankerTrainer:
         state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
         self.step = int(state["step"])
 
-    def _state(self, logged: bool, start: int = 0) -> TrainState:
-        return TrainState(step=self.step, max_steps=self.config.max_steps,
-                          output_dir=self.output_dir, logged=logged, start_step=start)
-
     # ------------------------------------------------------------------ train
     def train(self) -> dict[str, Any]:
         """Run to ``max_steps`` (or a stop request); returns a summary as GRPOTrainer's."""
-        cfg = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.resume:
-            ckpt = latest_checkpoint(self.output_dir)
-            if ckpt is not None:
-                self.load_checkpoint(ckpt)
-        dumped = cfg.model_dump(mode="json")
-        (self.output_dir / CONFIG_FILE).write_text(json.dumps(dumped, indent=1),
-                                                   encoding="utf-8")
-        start = self.step
-        for cb in self.callbacks:
-            cb.on_train_begin(self._state(False, start), dumped)
-        metrics: dict[str, float] = {}
-        last_saved = self.step if start else -1
-        stopped = False
-        t0 = time.perf_counter()
-        while self.step < cfg.max_steps:
-            metrics, samples = self.train_step()
-            state = self._state(logged=bool(samples) or self.step % cfg.logging_steps == 0,
-                                start=start)
-            for cb in self.callbacks:
-                cb.on_step(state, metrics, samples)
-            if self.step % cfg.save_steps == 0:
-                self.save_checkpoint()
-                last_saved = self.step
-            if any(cb.should_stop() for cb in self.callbacks):
-                stopped = True
-                break
-        if last_saved != self.step:
-            self.save_checkpoint()
-        end_state = self._state(False, start)
-        for cb in self.callbacks:
-            cb.on_train_end(end_state, metrics)
-        return {"steps": self.step, "start_step": start, "stopped": stopped,
-                "seconds": time.perf_counter() - t0, "last_metrics": metrics,
-                "checkpoint": str(latest_checkpoint(self.output_dir)),
-                "setup_seconds": self.setup_seconds, "questions": len(self.queries)}
+        dumped = self.config.model_dump(mode="json")
+        return {**self._run_loop(dumped, dumped), "setup_seconds": self.setup_seconds,
+                "questions": len(self.queries)}
 
 
 def build_trainer(config: TrainConfig, callbacks: Sequence[TrainingCallback] = ()) -> Any:

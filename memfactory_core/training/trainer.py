@@ -48,13 +48,14 @@ from memfactory_core.llm.base import Generation, LLMBackend, Prompt, SamplingPar
 from memfactory_core.pipeline.runtime import PipelineRuntime, RolloutResult
 from memfactory_core.pipeline.spec import ResolvedPipeline
 from memfactory_core.training.advantages import group_advantages
-from memfactory_core.training.callbacks import TrainingCallback, TrainState
+from memfactory_core.training.callbacks import TrainingCallback
 from memfactory_core.training.config import TrainConfig
+from memfactory_core.training.loop import CHECKPOINT_PREFIX as CHECKPOINT_PREFIX
+from memfactory_core.training.loop import CONFIG_FILE as CONFIG_FILE
+from memfactory_core.training.loop import CheckpointedLoop
+from memfactory_core.training.loop import latest_checkpoint as latest_checkpoint
 from memfactory_core.training.loss import grpo_loss, micro_batch_share, selective_log_softmax
 from memfactory_core.training.rewards import RewardContext, compute_rewards
-
-CHECKPOINT_PREFIX = "checkpoint-"
-CONFIG_FILE = "train_config.json"
 
 
 @dataclass
@@ -118,16 +119,6 @@ def load_tensors(file: Path) -> Any:
                               "another checkpoint or start a new run.") from None
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The checkpoint folder with the highest step under ``output_dir``, if any."""
-    found = []
-    for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*"):
-        suffix = p.name[len(CHECKPOINT_PREFIX):]
-        if suffix.isdigit() and (p / "trainer_state.json").is_file():
-            found.append((int(suffix), p))
-    return max(found)[1] if found else None
-
-
 def _enable_checkpointing(model: Any) -> None:
     """Gradient (activation) checkpointing of every decoder layer, non-reentrant, with the
     frozen embeddings' output carrying grad so LoRA layers behind it get theirs."""
@@ -139,7 +130,7 @@ def _enable_checkpointing(model: Any) -> None:
     model.enable_input_require_grads()
 
 
-class GRPOTrainer:
+class GRPOTrainer(CheckpointedLoop):
     """Trains the policy roles of a pipeline with GRPO; see the module docstring."""
 
     def __new__(cls, config: TrainConfig, *args: Any, **kwargs: Any) -> GRPOTrainer:
@@ -538,9 +529,7 @@ class GRPOTrainer:
     # ------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
         """Adapter (safetensors), optimizer, scheduler and RNG state at the current step."""
-        path = self.output_dir / f"{CHECKPOINT_PREFIX}{self.step}"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
+        path, tmp = self._checkpoint_paths()
         self.peft_model.save_pretrained(tmp, safe_serialization=True)
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
@@ -549,28 +538,7 @@ class GRPOTrainer:
             "step": self.step, "max_steps": self.config.max_steps,
             "python_rng": list(random.getstate()[1]),
         }), encoding="utf-8")
-        if path.exists():
-            import shutil
-
-            shutil.rmtree(path)
-        tmp.rename(path)
-        self._prune_checkpoints()
-        state = self._state(logged=False)
-        for cb in self.callbacks:
-            cb.on_save(state, path)
-        return path
-
-    def _prune_checkpoints(self) -> None:
-        limit = self.config.save_total_limit
-        if limit is None:
-            return
-        import shutil
-
-        found = sorted((int(p.name[len(CHECKPOINT_PREFIX):]), p)
-                       for p in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*")
-                       if p.name[len(CHECKPOINT_PREFIX):].isdigit())
-        for _, old in found[:-limit]:
-            shutil.rmtree(old, ignore_errors=True)
+        return self._publish_checkpoint(tmp, path)
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore adapter weights, optimizer, scheduler, RNG and step from ``path``."""
@@ -586,49 +554,11 @@ class GRPOTrainer:
         state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
         self.step = int(state["step"])
 
-    def _state(self, logged: bool, start: int = 0) -> TrainState:
-        return TrainState(step=self.step, max_steps=self.config.max_steps,
-                          output_dir=self.output_dir, logged=logged, start_step=start)
-
     # ------------------------------------------------------------------ train
     def train(self) -> dict[str, Any]:
         """Run to ``max_steps`` (or a stop request); returns a summary of the run."""
-        cfg = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.resume:
-            ckpt = latest_checkpoint(self.output_dir)
-            if ckpt is not None:
-                self.load_checkpoint(ckpt)
-        (self.output_dir / CONFIG_FILE).write_text(
-            json.dumps({**cfg.model_dump(mode="json"), "base_model_path": str(self.base_path)},
-                       indent=1), encoding="utf-8")
-        start = self.step
-        for cb in self.callbacks:
-            cb.on_train_begin(self._state(False, start), cfg.model_dump(mode="json"))
-        metrics: dict[str, float] = {}
-        last_saved = self.step if start else -1
-        stopped = False
-        t0 = time.perf_counter()
-        while self.step < cfg.max_steps:
-            metrics, samples = self.train_step()
-            state = self._state(logged=bool(samples) or self.step % cfg.logging_steps == 0,
-                                start=start)
-            for cb in self.callbacks:
-                cb.on_step(state, metrics, samples)
-            if self.step % cfg.save_steps == 0:
-                self.save_checkpoint()
-                last_saved = self.step
-            if any(cb.should_stop() for cb in self.callbacks):
-                stopped = True
-                break
-        if last_saved != self.step:
-            self.save_checkpoint()
-        end_state = self._state(False, start)
-        for cb in self.callbacks:
-            cb.on_train_end(end_state, metrics)
-        return {"steps": self.step, "start_step": start, "stopped": stopped,
-                "seconds": time.perf_counter() - t0, "last_metrics": metrics,
-                "checkpoint": str(latest_checkpoint(self.output_dir))}
+        dumped = self.config.model_dump(mode="json")
+        return self._run_loop({**dumped, "base_model_path": str(self.base_path)}, dumped)
 
 
 def train(config: TrainConfig, callbacks: Sequence[TrainingCallback] = (),
