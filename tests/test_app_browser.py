@@ -4,8 +4,6 @@ reward curve, and the curve grows as the run logs more steps."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,16 +13,9 @@ import pytest
 
 from app.ui import build_app
 from jobs.store import MetricRow, RunStore
-
-CHROMIUM = os.environ.get("MEMFACTORY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+from tests.browser_support import browser_page, chromium, served, sync_api
 
 pytestmark = pytest.mark.slow
-
-sync_api = pytest.importorskip("playwright.sync_api",
-                               reason="playwright is not installed (pip install playwright)")
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set "
-                "MEMFACTORY_CHROMIUM)", allow_module_level=True)
 
 # The reward trace (smoothed line, not the faint raw one) of the run whose legend is `name`.
 REWARD_POINTS_JS = """(name) => {
@@ -33,12 +24,6 @@ REWARD_POINTS_JS = """(name) => {
   const t = gd._fullData.find(t => t.name === name && t.xaxis === 'x' && t.hoverinfo !== 'skip');
   return t ? t.x.length : -1;
 }"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rewards(start: int, stop: int) -> list[MetricRow]:
@@ -50,40 +35,22 @@ def rewards(start: int, stop: int) -> list[MetricRow]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture()
 def app(tmp_path: Path) -> Iterator[tuple[str, RunStore]]:
     """The workbench over a fresh store, polling every 0.5 s."""
     store = RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
-    demo = build_app(store, refresh_s=0.5)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
-                            prevent_thread_lock=True, quiet=True)
-    try:
+    with served(build_app(store, refresh_s=0.5)) as url:
         yield url, store
-    finally:
-        demo.close()
 
 
 @pytest.fixture()
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 1400})
-    page = context.new_page()
-    # generous waits: a busy CI host can take tens of seconds to render the workbench
-    page.set_default_timeout(120_000)
-    sync_api.expect.set_options(timeout=60_000)
-    try:
-        yield page
-    finally:
-        sync_api.expect.set_options(timeout=5_000)
-        context.close()
+    with browser_page(browser) as p:
+        yield p
 
 
 def wait_for_points(page: Any, name: str, expected: int, timeout_s: float = 90.0) -> None:

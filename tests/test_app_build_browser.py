@@ -15,8 +15,7 @@ import pytest
 
 from app.ui import build_app
 from jobs.store import RunStore
-from tests.test_app_api import free_port
-from tests.test_app_browser import CHROMIUM, sync_api  # skips this module without Chromium
+from tests.browser_support import browser_page, chromium, launch, sync_api
 from tests.test_app_builder import probe_component
 
 pytestmark = pytest.mark.slow
@@ -31,31 +30,19 @@ LANE_IDS_JS = """(lane) => [...document.querySelectorAll(
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture()
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 1500})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    try:
-        yield page
-    finally:
-        context.close()
+    with browser_page(browser, height=1500, timeout_ms=30_000, expect_timeout_ms=None) as p:
+        yield p
 
 
 def serve(store: RunStore, scheduler: Any = None) -> tuple[Any, str]:
     demo = build_app(store, scheduler, refresh_s=0.5)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
-                            prevent_thread_lock=True, quiet=True)
-    return demo, url
+    return demo, launch(demo)
 
 
 def settle(page: Any) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,29 +15,17 @@ from typing import Any
 import pytest
 
 from jobs.store import RunStore
+from tests.browser_support import browser_page, chromium, launch, served, sync_api
 from tests.compare_fixtures import make_records
-from tests.test_compare_app import compare_app, free_port, stored_eval
-
-CHROMIUM = os.environ.get("MEMFACTORY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+from tests.test_compare_app import compare_app, stored_eval
 
 pytestmark = pytest.mark.slow
-
-sync_api = pytest.importorskip("playwright.sync_api",
-                               reason="playwright is not installed (pip install playwright)")
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set "
-                "MEMFACTORY_CHROMIUM)", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture()
@@ -51,26 +37,16 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     trained = stored_eval(store, "trained", "adapter", make_records(60, 0.6, seed=2),
                           tags=["lora"])
     store.create_run("train", {"max_steps": 2}, name="a training run")
-    demo = compare_app(store, refresh_s=0.5)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
-                            prevent_thread_lock=True, quiet=True)
-    try:
+    with served(compare_app(store, refresh_s=0.5)) as url:
         yield url, store, base, trained
-    finally:
-        demo.close()
 
 
 @pytest.fixture()
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 1400},
-                                  accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    sync_api.expect.set_options(timeout=60_000)  # a shared CPU can be slow to answer
-    try:
-        yield page
-    finally:
-        context.close()
+    # a shared CPU can be slow to answer
+    with browser_page(browser, timeout_ms=30_000, reset_expect=False,
+                      accept_downloads=True) as p:
+        yield p
 
 
 def blur(page: Any) -> None:
@@ -174,8 +150,7 @@ def test_compare_tab_in_the_workbench(tmp_path: Path, monkeypatch: pytest.Monkey
     store = RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
     base = stored_eval(store, "base", "smollm2", make_records(30, 0.2, seed=1))
     demo = build_app(store, refresh_s=0.5, selected="compare")
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
-                            prevent_thread_lock=True, quiet=True)
+    url = launch(demo)
     try:
         page.goto(url)
         sync_api.expect(page.get_by_role("tab", name="Compare")).to_have_attribute(

@@ -14,15 +14,9 @@ import pytest
 
 from app.ui import build_app
 from jobs.store import MetricRow, RunStore
-from tests.test_app_browser import CHROMIUM, free_port
+from tests.browser_support import browser_page, chromium, served, sync_api
 
 pytestmark = pytest.mark.slow
-
-sync_api = pytest.importorskip("playwright.sync_api",
-                               reason="playwright is not installed (pip install playwright)")
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set "
-                "MEMFACTORY_CHROMIUM)", allow_module_level=True)
 
 T = TypeVar("T")
 
@@ -58,39 +52,21 @@ def eventually(fn: Callable[[], T], what: str, timeout_s: float = 90.0) -> T:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as b:
+        yield b
 
 
 @pytest.fixture()
 def app(tmp_path: Path) -> Iterator[tuple[str, RunStore]]:
     store = RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
-    demo = build_app(store, refresh_s=0.5)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
-                            prevent_thread_lock=True, quiet=True)
-    try:
+    with served(build_app(store, refresh_s=0.5)) as url:
         yield url, store
-    finally:
-        demo.close()
 
 
 @pytest.fixture()
 def page(browser: Any) -> Iterator[Any]:
-    # generous waits: a busy CI host can take tens of seconds to render the workbench
-    context = browser.new_context(viewport={"width": 1400, "height": 1400})
-    page = context.new_page()
-    page.set_default_timeout(120_000)
-    sync_api.expect.set_options(timeout=60_000)
-    try:
-        yield page
-    finally:
-        sync_api.expect.set_options(timeout=5_000)
-        context.close()
+    with browser_page(browser) as p:
+        yield p
 
 
 def running(store: RunStore, name: str, rewards: list[float]) -> int:
