@@ -36,7 +36,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture()
 def page(browser: Any) -> Iterator[Any]:
-    with browser_page(browser, height=1500, timeout_ms=30_000, expect_timeout_ms=None) as p:
+    with browser_page(browser, height=1500, timeout_ms=120_000, expect_timeout_ms=60_000) as p:
         yield p
 
 
@@ -70,7 +70,7 @@ def drag(page: Any, source: str, target: str, where: str = "end") -> None:
     page.mouse.up()
 
 
-def lane_ids(page: Any, lane: str, expected: list[str], timeout_s: float = 15.0) -> None:
+def lane_ids(page: Any, lane: str, expected: list[str], timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     seen = None
     while time.monotonic() < deadline:

@@ -4,9 +4,6 @@ keeps the session, rewinding removes the last turn."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,38 +12,17 @@ import pytest
 
 from app.ui import build_app
 from jobs.store import RunStore
+from tests.browser_support import browser_page, chromium, launch, sync_api
 from tests.test_chat_app import given_facts
 from tests.test_chat_service import chat_spec
 
-CHROMIUM = os.environ.get("MEMFACTORY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-
 pytestmark = pytest.mark.slow
-
-sync_api = pytest.importorskip("playwright.sync_api",
-                               reason="playwright is not installed (pip install playwright)")
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set "
-                "MEMFACTORY_CHROMIUM)", allow_module_level=True)
-
-
-sync_api.expect.set_options(timeout=120_000)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox"])
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture()
@@ -56,8 +32,7 @@ def app(tmp_path: Path) -> Iterator[tuple[str, RunStore]]:
     store.save_pipeline("chat_memory_r1", given_facts("memory_r1"))
     store.save_pipeline("chat_memagent", chat_spec("memagent"))
     demo = build_app(store, refresh_s=5.0, selected="chat")
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
-                            prevent_thread_lock=True, quiet=True)
+    url = launch(demo)
     try:
         yield url, store
     finally:
@@ -66,13 +41,9 @@ def app(tmp_path: Path) -> Iterator[tuple[str, RunStore]]:
 
 @pytest.fixture()
 def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1400, "height": 1400})
-    page = context.new_page()
-    page.set_default_timeout(90_000)
-    try:
+    # Each test sets its own waits: another module may have reset Playwright's expect timeout.
+    with browser_page(browser, timeout_ms=90_000, expect_timeout_ms=120_000) as page:
         yield page
-    finally:
-        context.close()
 
 
 def start(page: Any, pipeline: str) -> None:
