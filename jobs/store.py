@@ -129,7 +129,8 @@ class RunStore:
         resumable: bool = False,
         backend: str = "local",
     ) -> Run:
-        """Queue a run. Its output folder is ``runs/<id>`` under the workspace."""
+        """Queue a run. Its output folder is ``runs/<id>`` under the workspace (``runs/<id>-<n>``
+        when a folder of that name already holds files)."""
         if kind not in RUN_KINDS:
             raise MemFactoryError(f"run kind {kind!r} is not one of {', '.join(RUN_KINDS)}")
         now = time.time()
@@ -141,6 +142,12 @@ class RunStore:
             s.add(run)
             s.flush()
             out = runs_dir() / str(run.id)
+            # A folder left by another store of this workspace (or a deleted database) is never
+            # reused: the new run would be refused by, or mixed with, the old run's files.
+            n = 1
+            while out.exists() and any(out.iterdir()):
+                n += 1
+                out = runs_dir() / f"{run.id}-{n}"
             run.output_dir = str(out)
             run.log_path = str(out / "run.log")
         return run
