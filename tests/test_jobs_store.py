@@ -161,3 +161,17 @@ def test_database_path_with_url_escapes(tmp_path: Path) -> None:
 def test_wrong_database_url_is_a_clear_error() -> None:
     with pytest.raises(MemFactoryError, match="not a database URL"):
         RunStore(url="not a url at all")
+
+
+def test_a_new_run_never_reuses_a_run_folder_that_holds_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMFACTORY_HOME", str(tmp_path / "home"))
+    first = RunStore(url=f"sqlite:///{tmp_path}/a.db").create_run("eval", {"x": 1})
+    Path(first.output_dir).mkdir(parents=True)
+    (Path(first.output_dir) / "results.json").write_text("{}")
+    # another store of the same workspace numbers its runs from 1 again
+    second = RunStore(url=f"sqlite:///{tmp_path}/b.db").create_run("eval", {"x": 1})
+    assert second.id == first.id
+    assert Path(second.output_dir) != Path(first.output_dir)
+    assert Path(second.output_dir).name == f"{second.id}-2"
+    assert (Path(first.output_dir) / "results.json").read_text() == "{}"
