@@ -15,7 +15,9 @@ from memfactory_core.errors import MemFactoryError, ValidationError
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> RunStore:
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunStore:
+    """A store with its own workspace, so run folders of other tests cannot collide with it."""
+    monkeypatch.setenv("MEMFACTORY_HOME", str(tmp_path / "home"))
     return RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
 
 
