@@ -1,5 +1,6 @@
-"""Pipeline specs, their validation, the batched runtime and traces."""
+"""Pipeline specs, their validation, the batched runtime, live sessions and traces."""
 
+from memfactory_core.pipeline.live import READ_QUESTION, LiveResult, LiveSession
 from memfactory_core.pipeline.runtime import PipelineRuntime, Progress, RolloutResult
 from memfactory_core.pipeline.spec import (
     PipelineSpec,
@@ -13,6 +14,9 @@ from memfactory_core.pipeline.spec import (
 from memfactory_core.pipeline.trace import Trace, TraceStep
 
 __all__ = [
+    "READ_QUESTION",
+    "LiveResult",
+    "LiveSession",
     "PipelineRuntime",
     "PipelineSpec",
     "Progress",

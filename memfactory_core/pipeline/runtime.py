@@ -9,14 +9,18 @@ When ingestion does not read the question, one rollout serves every question of 
 its ingest steps are recorded once (``RolloutResult.ingest``, shared by the questions' results)
 and each question's trace holds only its query steps. Steps that touch memory record what
 changed (``memory_diff``); small memories (text) also keep their whole state before and after.
+
+The steps of a rollout (``segment``, ``ingest_unit``, ``run_query``) are public so that a live
+session (:mod:`memfactory_core.pipeline.live`, made by :meth:`PipelineRuntime.live`) drives a
+chat through the same code as an evaluation.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from memfactory_core.components.base import (
     EPISODE_PORTS,
@@ -29,10 +33,19 @@ from memfactory_core.components.base import (
 from memfactory_core.data.episode import QA, Episode
 from memfactory_core.errors import MemFactoryError
 from memfactory_core.llm.base import LLMBackend, SamplingParams, TextTokenizer
-from memfactory_core.memory import Memory, MemoryBuildContext, create_memory
+from memfactory_core.memory import (
+    Memory,
+    MemoryBank,
+    MemoryBuildContext,
+    TextMemory,
+    create_memory,
+)
 from memfactory_core.pipeline.spec import ResolvedPipeline, ResolvedSlot
 from memfactory_core.pipeline.trace import Trace, TraceStep
 from memfactory_core.resources import Resources
+
+if TYPE_CHECKING:
+    from memfactory_core.pipeline.live import LiveSession
 
 
 class Progress(Protocol):
@@ -155,32 +168,82 @@ class PipelineRuntime:
         """Run every episode ``samples`` times; one result per (question, sample)."""
         rollouts = self._make_rollouts(episodes, samples)
         for r in rollouts:
-            t0 = time.perf_counter()
-            for port in self._segmenter.inputs:
-                if port in EPISODE_PORTS and r.state.values.get(port) is None:
-                    raise MemFactoryError(
-                        f"episode {r.episode.id!r} has no {port}, but the pipeline's segmenter "
-                        f"{self._segmenter.name!r} reads one"
-                    )
-            r.units, res = self._segmenter.segment(r.state)
-            for port in EPISODE_PORTS:
-                r.state.values.pop(port, None)
-            r.steps.append(
-                TraceStep(lane="ingest", slot=0, component=self._segmenter.name,
-                          output=res.output, seconds=time.perf_counter() - t0, extra=res.extra)
-            )
+            r.units, step = self.segment(r.state, source=f"episode {r.episode.id!r}")
+            r.steps.append(step)
         n_questions = sum(len(r.questions) for r in rollouts)
         if progress is not None:
             progress.start(sum(len(r.units) for r in rollouts) + n_questions)
         for u in range(max((len(r.units) for r in rollouts), default=0)):
             active = [r for r in rollouts if u < len(r.units)]
-            for r in active:
-                r.state.values[self._unit_port] = r.units[u]
-            for slot, comp in self._ingest[1:]:
-                self._run_slot(slot, comp, [(r.state, r.steps) for r in active], unit=u)
+            self.ingest_unit([(r.state, r.steps, r.units[u]) for r in active], u)
             if progress is not None:
                 progress.advance(len(active))
         return self._answer(rollouts, progress)
+
+    # -- the steps of a rollout, shared by run() and live sessions ---------------------
+
+    @property
+    def segmenter(self) -> Segmenter:
+        """The ingest lane's first slot, which splits a rollout's context into units."""
+        return self._segmenter
+
+    def segment(self, state: RolloutState, source: str | None = None
+                ) -> tuple[list[Any], TraceStep]:
+        """Split ``state``'s document or conversation into units with the segmenter; the
+        episode values are then dropped from ``state``. ``source`` names the rollout in
+        errors (default: its id)."""
+        t0 = time.perf_counter()
+        for port in self._segmenter.inputs:
+            if port in EPISODE_PORTS and state.values.get(port) is None:
+                raise MemFactoryError(
+                    f"{source or f'rollout {state.id!r}'} has no {port}, but the pipeline's "
+                    f"segmenter {self._segmenter.name!r} reads one"
+                )
+        units, res = self._segmenter.segment(state)
+        for port in EPISODE_PORTS:
+            state.values.pop(port, None)
+        step = TraceStep(lane="ingest", slot=0, component=self._segmenter.name,
+                         output=res.output, seconds=time.perf_counter() - t0, extra=res.extra)
+        return units, step
+
+    def ingest_unit(self, batch: Sequence[tuple[RolloutState, list[TraceStep], Any]],
+                    index: int) -> None:
+        """Unit number ``index`` of each rollout in ``batch`` (its state, the step list its
+        trace grows and the unit) through the ingest slots after the segmenter, batched."""
+        for state, _, unit in batch:
+            state.values[self._unit_port] = unit
+        for slot, comp in self._ingest[1:]:
+            self._run_slot(slot, comp, [(state, steps) for state, steps, _ in batch],
+                           unit=index)
+
+    def run_query(self, batch: Sequence[tuple[RolloutState, list[TraceStep]]],
+                  after_slot: Callable[[ResolvedSlot, Component], None] | None = None
+                  ) -> None:
+        """The query lane for each rollout in ``batch`` (its state holds the question),
+        batched; ``after_slot`` is called after each slot (to look at its outputs)."""
+        for slot, comp in self._query:
+            self._run_slot(slot, comp, list(batch), unit=None)
+            if after_slot is not None:
+                after_slot(slot, comp)
+
+    def restore_memory(self, snapshot: Any) -> Memory:
+        """The pipeline's memory in the state ``snapshot`` recorded (empty for ``None``)."""
+        memory = self.new_memory()
+        if snapshot is None:
+            return memory
+        if isinstance(memory, MemoryBank):
+            return type(memory).from_snapshot(snapshot, memory.index.embedder)
+        if isinstance(memory, TextMemory):
+            memory.content = str(snapshot)
+            return memory
+        raise MemFactoryError(f"cannot restore a {type(memory).__name__} memory")
+
+    def live(self, checkpoint: dict[str, Any] | None = None) -> LiveSession:
+        """A session driven one call at a time (read a document, add turns, ask, end a
+        conversation session), resumed from ``checkpoint`` (``LiveSession.checkpoint()``)."""
+        from memfactory_core.pipeline.live import LiveSession
+
+        return LiveSession.resume(self, checkpoint)
 
     def _make_rollouts(self, episodes: Sequence[Episode], samples: int) -> list[_Rollout]:
         per_question = self.pipeline.question_conditioned
@@ -214,8 +277,7 @@ class PipelineRuntime:
                     steps = []
                 state.values[Port.QUESTION] = qa.question
                 jobs.append((r, qa, state, steps))
-        for slot, comp in self._query:
-            self._run_slot(slot, comp, [(s, steps) for _, _, s, steps in jobs], unit=None)
+        self.run_query([(s, steps) for _, _, s, steps in jobs])
         if progress is not None:
             progress.advance(len(jobs))
         results = []
