@@ -47,7 +47,9 @@ def scripted(text: str) -> str:
     """Manager: UPDATE the shown Oslo entry when Bergen comes; ADD otherwise.
     Answer agent: copy the first memory and answer with its last word."""
     if "New fact" in text:
-        shown = json.loads(re.search(r"Related memories:\n(.*)\n\nNew fact", text, re.S).group(1))
+        lines = re.search(r"Related memories:\n(.*)\n\nNew fact", text, re.S).group(1)
+        shown = [dict(zip(("id", "text"), line.split(": ", 1), strict=True))
+                 for line in lines.splitlines() if line != "(none yet)"]
         fact = re.search(r"New fact \(said on [^)]*\): (.*)$", text, re.S).group(1).strip()
         oslo = [m for m in shown if "Oslo" in m["text"]]
         if "Bergen" in fact and oslo:
@@ -181,3 +183,42 @@ def test_retriever_per_speaker_takes_top_k_of_each_speaker() -> None:
     each.run([state])
     speakers = [e["speaker"] for e in state.values["retrieved"]]
     assert sorted(speakers) == ["Ann", "Ann", "Bo"]
+
+
+def test_constrained_manager_on_a_real_model_makes_only_valid_decisions() -> None:
+    from memfactory_core.components.memory_manager import reply_choices
+    from memfactory_core.llm import load_backend
+
+    spec = memory_r1()
+    spec["ingest"][2]["params"].update(constrained=True, reply_prefix='{"event": "')
+    runtime = PipelineRuntime(validate_spec(spec), load_backend("tiny-random"))
+    r = runtime.run([conversation_episode()])[0]
+    manage = [s for s in r.ingest if s.component == "memory_manager"]
+    decisions = [d for s in manage for d in s.output]
+    assert len(decisions) == 3 and all(d["valid"] for d in decisions)
+    for d in decisions:
+        assert d["raw"] in reply_choices([e["id"] for e in d["shown"]])
+    # an ADD or UPDATE without text stores the fact's own words
+    texts = {e["text"] for e in r.memory.snapshot()["entries"]}
+    assert texts <= {"Ann lives in Oslo.", "Bo has a cat.", "Ann lives in Bergen."}
+
+
+def test_a_reply_prefix_that_cannot_start_a_constrained_reply_is_refused() -> None:
+    spec = memory_r1()
+    spec["ingest"][2]["params"].update(constrained=True, reply_prefix='{"memory": [')
+    with pytest.raises(MemFactoryError, match="reply_prefix"):
+        validate_spec(spec)
+
+
+def test_add_and_update_without_text_store_the_facts_words() -> None:
+    def answer(text: str) -> str:
+        if "New fact" not in text:
+            return "Answer: x"
+        return '{"event": "UPDATE", "id": "m1"}' if "Bergen" in text.split("New fact")[1] \
+            else '{"event": "ADD"}'
+
+    r = PipelineRuntime(validate_spec(memory_r1()), ScriptedLLM(answer)).run(
+        [conversation_episode()])[0]
+    entry = r.memory.get("m1")
+    assert entry.text == "Ann lives in Bergen." and [v.text for v in entry.history] == [
+        "Ann lives in Oslo."]

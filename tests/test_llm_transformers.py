@@ -196,3 +196,27 @@ def test_prompt_ending_with_assistant_message_is_continued(backend: Transformers
     assert plain.endswith("<|im_start|>assistant\n")
     [gen] = backend.generate([prompt], SamplingParams(max_new_tokens=4))
     assert gen.prompt_ids == backend.encode_prompts([prompt])[0]
+
+
+def test_choices_constrain_every_reply_to_one_of_its_prompts_choices(
+        backend: TransformersBackend) -> None:
+    choices = [['{"event": "ADD"}', '{"event": "NOOP"}'],
+               ['{"event": "DELETE", "id": "m7"}', '{"event": "UPDATE", "id": "m12"}'],
+               ["yes", "no", "not sure"]] * 3
+    prompts = PROMPTS[: len(choices)]
+    for params in (SamplingParams(max_new_tokens=64),
+                   SamplingParams(max_new_tokens=64, temperature=1.0, seed=3)):
+        gens = backend.generate(prompts, params, choices)
+        assert [g.text in c for g, c in zip(gens, choices, strict=True)] == [True] * len(choices)
+        # the reply ends with EOS right after the choice (kept in the ids, as training needs)
+        assert all(g.completion_ids[-1] in backend.eos_token_ids for g in gens)
+        assert all(g.finish_reason == "stop" for g in gens)
+    free = backend.generate(prompts[:2], SamplingParams(max_new_tokens=24))
+    assert any(g.text not in c for g, c in zip(free, choices, strict=False))
+
+
+def test_sampled_choices_follow_the_model_not_a_fixed_pick(backend: TransformersBackend) -> None:
+    options = [f"option {c}" for c in "abcdefgh"]
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=0)
+    picked = {g.text for g in backend.generate([PROMPTS[0]] * 24, params, [options] * 24)}
+    assert picked <= set(options) and len(picked) > 1

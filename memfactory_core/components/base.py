@@ -170,13 +170,16 @@ class LLMComponent(Component):
     def max_new_tokens(self, batch: list[RolloutState]) -> int:
         return int(getattr(self.params, "max_new_tokens", None) or 256)
 
-    def generate(self, prompts: list[Prompt], max_new_tokens: int) -> list[Generation]:
-        """One batched call of the role's LLM."""
+    def generate(self, prompts: list[Prompt], max_new_tokens: int,
+                 choices: list[list[str]] | None = None) -> list[Generation]:
+        """One batched call of the role's LLM (``choices``: allowed replies per prompt, for
+        backends that can constrain decoding)."""
         if not prompts:
             return []
-        return self.llm.generate(
-            prompts, replace(self.context.sampling, max_new_tokens=max_new_tokens)
-        )
+        params = replace(self.context.sampling, max_new_tokens=max_new_tokens)
+        if choices is None:
+            return self.llm.generate(prompts, params)
+        return self.llm.generate(prompts, params, choices)
 
     def record_turn(self, state: RolloutState, prompt: Prompt, gen: Generation,
                     **info: Any) -> None:

@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from memfactory_core.components.base import (
     LLMComponent,
@@ -32,16 +32,15 @@ from memfactory_core.retrieval.index import SearchMode
 
 MANAGER_TEMPLATE = """\
 You keep a memory bank about a conversation up to date. Compare the new fact with the related
-memories already in the bank and decide how the bank should change:
-- ADD: the fact is new information. Give its text.
-- UPDATE: the fact corrects or adds detail to a memory. Give that memory's id and its new text,
-  which should keep what is still true.
-- DELETE: the fact shows that a memory is no longer true. Give that memory's id.
-- NOOP: the bank already holds this fact. Nothing changes.
+memories already in the bank and choose one operation:
+- ADD: the fact is new information.
+- UPDATE: the fact corrects or adds detail to one of the memories (name its id).
+- DELETE: the fact shows that one of the memories is no longer true (name its id).
+- NOOP: the bank already holds this fact.
 
-Reply with JSON only, for example:
-{"memory": [{"event": "UPDATE", "id": "m3", "text": "Anna moved from Oslo to Bergen in May 2023"}]}
-Other forms: {"event": "ADD", "text": "..."}, {"event": "DELETE", "id": "m2"}, {"event": "NOOP"}.
+Reply with one JSON object and nothing else, with the fields
+"event" (ADD, UPDATE, DELETE or NOOP), "id" (the memory's id, for UPDATE and DELETE) and,
+optionally, "text" (the memory's new text; without it the new fact's own words are stored).
 
 Related memories:
 {memories}
@@ -108,8 +107,21 @@ class MemoryManagerParams(BaseModel):
     max_new_tokens: int = Field(160, ge=1, description="Generation limit per decision.")
     reply_prefix: str = Field(
         "", description="Start of the reply, written for the model to continue (e.g. "
-        "'{\"memory\": [{\"event\": \"'); small models produce JSON more often with it.",
+        "'{\"event\": \"'); small models produce JSON more often with it.",
     )
+    constrained: bool = Field(
+        False, description="Decode only valid replies: one operation on a shown id, its text "
+        "left out so the fact's words are stored. Needs a local transformers model; other "
+        "backends generate freely. Lets a small model (SmolLM2-135M) choose operations at all.",
+    )
+
+    @model_validator(mode="after")
+    def _prefix_fits_choices(self) -> MemoryManagerParams:
+        if self.constrained and not all(c.startswith(self.reply_prefix)
+                                        for c in reply_choices(["m1"])):
+            raise ValueError(f"reply_prefix {self.reply_prefix!r} cannot start a constrained "
+                             f"reply such as {reply_choices(['m1'])[0]!r}")
+        return self
 
     @field_validator("template")
     @classmethod
@@ -118,12 +130,33 @@ class MemoryManagerParams(BaseModel):
                               allowed={"fact", "memories", "time"})
 
 
+def reply_choices(ids: list[str]) -> list[str]:
+    """Every valid one-operation reply over the shown ``ids`` (text left out)."""
+    out = ['{"event": "ADD"}', '{"event": "NOOP"}']
+    for op in ("UPDATE", "DELETE"):
+        out += [json.dumps({"event": op, "id": i}) for i in ids]
+    return out
+
+
+def format_memories(shown: list[dict[str, str]]) -> str:
+    """The entries a manager sees, one ``id: text`` line each (small models read lines better
+    than a JSON list)."""
+    return "\n".join(f"{e['id']}: {e['text']}" for e in shown) if shown else "(none yet)"
+
+
+def with_fact_text(ops: list[BankOp], fact: Fact) -> list[BankOp]:
+    """ADD and UPDATE without a text store the new fact's own words."""
+    return [op.model_copy(update={"text": fact.text})
+            if op.op in (OpKind.ADD, OpKind.UPDATE) and not (op.text or "").strip() else op
+            for op in ops]
+
+
 def manager_prompt(template: str, bank: MemoryBank, fact: Fact, top_k: int,
                    mode: SearchMode) -> tuple[Prompt, list[dict[str, str]]]:
     """The decision prompt for ``fact`` and the similar entries it shows (id and text)."""
     similar = [e for e, _ in bank.search(fact.text, top_k, mode)] if top_k and len(bank) else []
     shown = [{"id": e.id, "text": e.text} for e in similar]
-    content = fill(template, fact=fact.text, memories=json.dumps(shown, ensure_ascii=False),
+    content = fill(template, fact=fact.text, memories=format_memories(shown),
                    time=fact.time or "unknown")
     return [{"role": "user", "content": content}], shown
 
@@ -132,7 +165,7 @@ def apply_reply(bank: MemoryBank, fact: Fact, text: str) -> dict[str, Any]:
     """Apply a manager reply for ``fact``: the decision record (ops applied, or why none)."""
     decision: dict[str, Any] = {"fact": fact.text, "turn_ids": fact.turn_ids, "raw": text}
     try:
-        ops = parse_ops(text)
+        ops = with_fact_text(parse_ops(text), fact)
         problems = bank.check_ops(ops)
         if problems:
             raise MalformedOps("; ".join(problems))
@@ -174,7 +207,11 @@ class MemoryManager(LLMComponent):
                     prompt.append({"role": "assistant", "content": p.reply_prefix})
                 prompts.append(prompt)
                 shown.append(ids)
-            gens = self.generate(prompts, p.max_new_tokens)
+            choices = None
+            if p.constrained and self.llm.supports_choices:
+                choices = [[c[len(p.reply_prefix):] for c in reply_choices([e["id"] for e in ids])]
+                           for ids in shown]
+            gens = self.generate(prompts, p.max_new_tokens, choices)
             for j, prompt, ids, gen in zip(active, prompts, shown, gens, strict=True):
                 state = batch[j]
                 bank = state.memory

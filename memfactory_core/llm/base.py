@@ -61,6 +61,9 @@ class LLMBackend(ABC):
 
     #: Name shown in traces and results (model name or path).
     model_name: str
+    #: True when ``generate`` honours ``choices`` (constrained decoding); other backends
+    #: generate freely and callers parse what comes back.
+    supports_choices: bool = False
 
     @property
     @abstractmethod
@@ -68,8 +71,13 @@ class LLMBackend(ABC):
         """Tokenizer used to count and cut text in this model's tokens."""
 
     @abstractmethod
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
-        """Complete every prompt; one call is one batch (backends may split it internally)."""
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams,
+                 choices: Sequence[Sequence[str]] | None = None) -> list[Generation]:
+        """Complete every prompt; one call is one batch (backends may split it internally).
+
+        ``choices``, one list per prompt, restricts each reply to one of those texts where the
+        backend ``supports_choices``; elsewhere it is ignored.
+        """
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))

@@ -112,7 +112,8 @@ class OpenAIBackend(LLMBackend):
     def tokenizer(self) -> TextTokenizer:
         return self._tokenizer
 
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams,
+                 choices: Sequence[Sequence[str]] | None = None) -> list[Generation]:
         """Send every prompt (at most ``max_concurrency`` at a time); results in input order."""
         if not prompts:
             return []

@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import functools
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
+    LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
@@ -22,6 +24,7 @@ from transformers import (
 
 from memfactory_core.errors import MemFactoryError
 from memfactory_core.llm.base import Generation, LLMBackend, Prompt, SamplingParams, is_prefill
+from memfactory_core.llm.choices import ChoiceConstraint, TokenTrie, build_trie, longest_choice
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -227,10 +230,28 @@ class TransformersBackend(LLMBackend):
             list(ids) for ids in self.hf_tokenizer(texts, add_special_tokens=False)["input_ids"]
         ]
 
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
-        """Complete every prompt; micro-batches of similar lengths, results in input order."""
+    supports_choices = True
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams,
+                 choices: Sequence[Sequence[str]] | None = None) -> list[Generation]:
+        """Complete every prompt; micro-batches of similar lengths, results in input order.
+        With ``choices``, each reply is one of its prompt's choices (then EOS)."""
         if not prompts:
             return []
+        tries: list[TokenTrie | None] = [None] * len(prompts)
+        if choices is not None:
+            if len(choices) != len(prompts):
+                raise MemFactoryError(f"{len(choices)} choice lists for {len(prompts)} prompts")
+            longest = 1
+            for i, options in enumerate(choices):
+                ids = [self.hf_tokenizer(c, add_special_tokens=False)["input_ids"]
+                       for c in options]
+                if ids:
+                    tries[i] = build_trie(ids, self.eos_token_ids[0])
+                    longest = max(longest, longest_choice(ids))
+            # the tries end every constrained reply; free rows keep the caller's limit
+            if all(t is not None for t in tries):
+                params = replace(params, max_new_tokens=longest)
         encoded = self.encode_prompts(prompts)
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         if params.seed is not None:
@@ -241,9 +262,9 @@ class TransformersBackend(LLMBackend):
         try:
             for start in range(0, len(order), self.max_batch_size):
                 chunk = order[start : start + self.max_batch_size]
-                for i, gen in zip(
-                    chunk, self._generate_batch([encoded[i] for i in chunk], params), strict=True
-                ):
+                gens = self._generate_batch([encoded[i] for i in chunk], params,
+                                            [tries[i] for i in chunk])
+                for i, gen in zip(chunk, gens, strict=True):
                     results[i] = gen
         finally:
             if was_training:
@@ -265,7 +286,8 @@ class TransformersBackend(LLMBackend):
         return GenerationConfig(**kwargs)
 
     @torch.inference_mode()
-    def _generate_batch(self, batch: list[list[int]], params: SamplingParams) -> list[Generation]:
+    def _generate_batch(self, batch: list[list[int]], params: SamplingParams,
+                        tries: Sequence[TokenTrie | None] = ()) -> list[Generation]:
         width = max(len(ids) for ids in batch)
         input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -279,6 +301,9 @@ class TransformersBackend(LLMBackend):
             generation_config=self._generation_config(params),
             stopping_criteria=StoppingCriteriaList(
                 [_StopStrings(self.hf_tokenizer, params.stop, width)] if params.stop else []
+            ),
+            logits_processor=LogitsProcessorList(
+                [ChoiceConstraint(tries, width)] if any(t is not None for t in tries) else []
             ),
         )
         new = out[:, width:].cpu()

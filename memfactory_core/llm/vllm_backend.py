@@ -121,7 +121,8 @@ class VLLMBackend(LLMBackend):
             skip_special_tokens=True,
         )
 
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams,
+                 choices: Sequence[Sequence[str]] | None = None) -> list[Generation]:
         """One ``llm.chat`` call for the whole batch (vLLM schedules it); results in order."""
         if not prompts:
             return []

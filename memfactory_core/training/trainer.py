@@ -81,9 +81,14 @@ class AdapterDisabledBackend(LLMBackend):
     def tokenizer(self) -> Any:
         return self.inner.tokenizer
 
-    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
+    @property
+    def supports_choices(self) -> bool:  # type: ignore[override]
+        return self.inner.supports_choices
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams,
+                 choices: Sequence[Sequence[str]] | None = None) -> list[Generation]:
         with self.peft_model.disable_adapter():
-            return self.inner.generate(prompts, params)
+            return self.inner.generate(prompts, params, choices)
 
 
 def load_episodes_for(config: TrainConfig) -> list[Episode]:
