@@ -122,15 +122,22 @@ def worker(
         bool, typer.Option("--allow-remote-code", help="Let run configs set "
                                                        "trust_remote_code.")
     ] = False,
+    data_root: Annotated[
+        list[str] | None, typer.Option("--data-root", help="A folder whose files run configs "
+                                       "may name, besides the workspace, assets/ and the "
+                                       "start folder (repeatable).")
+    ] = None,
 ) -> None:
     """Execute queued runs until stopped (Ctrl-C or SIGTERM: runs checkpoint and requeue).
     Runs get an allow-listed environment: only the API-key variables named MEMFACTORY_KEY_*
     or allowed with --allow-key-env, never the workbench login."""
-    from app.cli_ui import apply_run_policy
+    from app.cli_ui import apply_run_policy, print_data_roots
+    from jobs.data_roots import record_policy
     from jobs.entry import HEARTBEAT_ENV
     from jobs.scheduler import Scheduler
 
     apply_run_policy(allow_key_env, allow_remote_code)
+    record_policy(data_root)
     if backend not in BACKENDS:
         raise MemFactoryError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     executor = None
@@ -157,6 +164,7 @@ def worker(
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("jobs").setLevel(logging.INFO)
     store = _store()
+    print_data_roots(store)
     sched = Scheduler(store, executor, max_concurrent=concurrency, gpus=gpu_list,
                       poll_s=poll, heartbeat_s=heartbeat, grace_s=grace)
     stop = threading.Event()
@@ -193,12 +201,19 @@ def submit(
     name: Annotated[str | None, typer.Option(help="Run name (default: the config's).")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable).")] = None,
     notes: Annotated[str | None, typer.Option(help="Free-text notes.")] = None,
+    data_root: Annotated[
+        list[str] | None, typer.Option("--data-root", help="A folder the config's files may "
+                                       "lie in, as the worker was told (repeatable); the "
+                                       "worker checks again with its own.")
+    ] = None,
 ) -> None:
     """Validate a config and queue it as a run; prints the run id. A worker executes it."""
+    from jobs.data_roots import record_policy
     from jobs.submit import submit_run
 
     if kind not in KINDS:
         raise MemFactoryError(f"submit: the kind must be train or eval, not {kind!r}")
+    record_policy(data_root)
     run = submit_run(_store(), kind, config, list(overrides or []), name=name,
                      tags=list(tag or []), notes=notes)
     print(run.id)

@@ -23,6 +23,7 @@ from memfactory_core.errors import MemFactoryError
 
 if TYPE_CHECKING:
     from jobs.scheduler import Scheduler
+    from jobs.store import RunStore
 
 
 def resolve_auth(auth: str | None, auth_file: Path | None) -> tuple[str, str] | None:
@@ -61,6 +62,15 @@ def apply_run_policy(allow_key_env: list[str] | None, allow_remote_code: bool) -
         os.environ[ALLOW_REMOTE_CODE_ENV] = "1"
 
 
+def print_data_roots(store: RunStore) -> None:
+    """Say at start-up which folders submitted configs may name."""
+    from jobs.data_roots import DataRoots, sqlite_file
+
+    roots = DataRoots.current(db_path=sqlite_file(store.engine.url))
+    print(f"submitted runs may use files under: {roots.describe()}", file=sys.stderr,
+          flush=True)
+
+
 def parse_share(value: str) -> bool:
     """``off`` (the default) or ``on``."""
     choice = value.strip().lower()
@@ -92,6 +102,11 @@ def ui(
         bool, typer.Option("--allow-remote-code", help="Let submitted configs set "
                                                        "trust_remote_code.")
     ] = False,
+    data_root: Annotated[
+        list[str] | None, typer.Option("--data-root", help="A folder whose files submitted "
+                                       "configs may name, besides the workspace, assets/ "
+                                       "and the start folder (repeatable).")
+    ] = None,
     no_scheduler: Annotated[
         bool, typer.Option("--no-scheduler", help="Only show and queue runs; a separate "
                                                   "`memfactory worker` executes them.")
@@ -113,6 +128,9 @@ def ui(
     share_on = parse_share(share)
     check_exposure(host, credentials, share_on)
     apply_run_policy(allow_key_env, allow_remote_code)
+    from jobs.data_roots import record_policy
+
+    record_policy(data_root, [auth_file] if auth_file is not None else [])
     # this process executes nothing the user typed, but what does (runs, chat) must not
     # read the login: runs get an allow-listed environment, and the variable goes
     os.environ.pop(AUTH_ENV, None)
@@ -121,6 +139,7 @@ def ui(
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("jobs").setLevel(logging.INFO)
     store = RunStore()
+    print_data_roots(store)
     scheduler: Scheduler | None = None
     stop = threading.Event()
 

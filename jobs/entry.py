@@ -2,9 +2,9 @@
 
 It reads its run from the store (``MEMFACTORY_DB_URL``, removed from its environment once
 connected), checks the config again against what submitted runs may do (API-key variables,
-``trust_remote_code``), heartbeats every
-``MEMFACTORY_HEARTBEAT_S`` seconds from a thread, executes the training or evaluation, streams
-metrics, samples and artifacts into the store, and writes the run's final status itself:
+``trust_remote_code``, paths outside the data roots of :mod:`jobs.data_roots`), heartbeats
+every ``MEMFACTORY_HEARTBEAT_S`` seconds from a thread, executes the training or evaluation,
+streams metrics, samples and artifacts into the store, and writes the run's final status itself:
 
 - ``succeeded`` when it completes;
 - ``cancelled`` when a cancel was requested (training stops at its next step with a
@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobs.data_roots import DataRoots, check_paths, safe_error_message, sqlite_file
 from jobs.db import DB_URL_ENV
 from jobs.models import ACTIVE_STATUSES, Run
 from jobs.store import RunStore, host_name
@@ -331,7 +332,8 @@ def _retry(what: str, fn: Callable[[], Any], tries: int = 6) -> Any:
 
 def _error_text(exc: BaseException) -> str:
     if isinstance(exc, MemFactoryError):
-        return str(exc)
+        # a submitted config names the files: the message never echoes what is in them
+        return safe_error_message(exc)
     return "".join(traceback.format_exception(exc)).rstrip()
 
 
@@ -353,6 +355,8 @@ def execute(store: RunStore, run: Run, attempt: int) -> int:
             raise RunInterrupted("cancelled before it started")
         # checked at submission too; a config written to the store another way is caught here
         check_submitted_config(run.config, source=f"run {run.id} config")
+        check_paths(run.config, DataRoots.current(db_path=sqlite_file(store.engine.url)),
+                    source=f"run {run.id} config")
         summary, stopped = KINDS[run.kind](run, store, control, sink)
     except RunInterrupted as exc:
         log(f"interrupted ({exc})")

@@ -5,8 +5,9 @@ A run executes a config someone else submitted, so it sees only what it needs: t
 basics (``PATH``, ``HOME``, locale, temp folders, the Python and virtualenv paths), the
 workspace (``MEMFACTORY_HOME``), offline and threading switches of the libraries it uses
 (``HF_*``, ``TRANSFORMERS_*``, ``OMP_*``, ``CUDA_*``, ...), the API-key variables the
-operator allowed (``MEMFACTORY_KEY_*`` and ``$MEMFACTORY_ALLOWED_KEY_ENVS``), and what the
-scheduler adds for the run itself (its database URL, attempt, heartbeat period, GPUs). The
+operator allowed (``MEMFACTORY_KEY_*`` and ``$MEMFACTORY_ALLOWED_KEY_ENVS``), the data
+roots and denied files of :mod:`jobs.data_roots`, and what the scheduler adds for the run
+itself (its database URL, attempt, heartbeat period, GPUs). The
 workbench login (``MEMFACTORY_UI_AUTH``), the worker's own database URL and any other
 variable are left out. Variables whose names look like credentials (``*TOKEN*``, ``*KEY*``,
 ``*SECRET*``, ``*PASSWORD*``, ...) are dropped even under an allowed prefix.
@@ -18,6 +19,7 @@ import os
 import re
 from collections.abc import Mapping
 
+from jobs.data_roots import DATA_ROOTS_ENV, DENIED_PATHS_ENV
 from memfactory_core.config import (
     ALLOW_REMOTE_CODE_ENV,
     ALLOWED_KEY_ENVS_ENV,
@@ -33,7 +35,8 @@ RUN_ENV_NAMES = frozenset({
     "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NO_PROXY", "no_proxy",
     "MEMFACTORY_HOME", "MEMFACTORY_HEARTBEAT_S", "TOKENIZERS_PARALLELISM", "TQDM_DISABLE",
     "GRADIO_ANALYTICS_ENABLED", "WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "WANDB_ENTITY",
-    "TENSORBOARD_LOGDIR", ALLOWED_KEY_ENVS_ENV, ALLOW_REMOTE_CODE_ENV,
+    "TENSORBOARD_LOGDIR", ALLOWED_KEY_ENVS_ENV, ALLOW_REMOTE_CODE_ENV, DATA_ROOTS_ENV,
+    DENIED_PATHS_ENV,
 })
 #: passed on by prefix, unless the name looks like a credential
 RUN_ENV_PREFIXES = ("LC_", "HF_", "TRANSFORMERS_", "HUGGINGFACE_HUB_", "OMP_", "MKL_",

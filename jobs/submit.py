@@ -10,6 +10,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from jobs.data_roots import (
+    DataRoots,
+    is_path_key,
+    path_problems,
+    safe_error_message,
+    sqlite_file,
+)
 from jobs.models import RUN_KINDS, Run
 from jobs.store import RunStore
 from memfactory_core.config import (
@@ -45,7 +52,7 @@ def _absolute(value: str, base: Path) -> str:
 
 def resolve_paths(config: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make the file paths of a run config absolute (data, excluded data, pipeline file,
-    local model folders)."""
+    local model folders, validation data and checkpoints)."""
     out = dict(config)
     data = dict(out.get("data") or {})
     for key in ("path", "exclude"):
@@ -61,6 +68,24 @@ def resolve_paths(config: dict[str, Any], base: Path) -> dict[str, Any]:
             m["model"] = _absolute(m["model"], base)
     if isinstance(out.get("model"), str):
         out["model"] = _absolute(out["model"], base)
+    for section in ("memory_r1", "reranker", "pipeline_params"):
+        if isinstance(out.get(section), dict):
+            out[section] = _absolute_files(out[section], base)
+    return out
+
+
+def _absolute_files(value: Any, base: Path) -> Any:
+    """``value`` with the existing files its path keys name (``validation.path``,
+    ``init_checkpoint``, a component's ``checkpoint``, ...) made absolute."""
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, str) and is_path_key(key) and key not in ("output_dir",
+                                                                      "cache_dir"):
+            out[key] = _absolute(item, base)
+        else:
+            out[key] = _absolute_files(item, base)
     return out
 
 
@@ -103,29 +128,39 @@ def _model_problems(where: str, mc: ModelConfig) -> list[Problem]:
         "an existing model folder or a hub id in the local cache"))]
 
 
-def check_runnable(validated: PipelineRunConfig, source: str) -> None:
+def check_runnable(validated: PipelineRunConfig, source: str,
+                   refused: list[Problem] | None = None) -> None:
     """What would make the run fail at once, found now: the pipeline (file, slot order, port
     types, parameters of each component and of the memory, ``pipeline_params`` naming a
     component the pipeline lacks), data files that do not exist, models no worker could
-    load. Raises one :class:`ValidationError` listing every problem."""
+    load. Raises one :class:`ValidationError` listing every problem, ``refused`` (paths a
+    submitted run may not use, which are then not looked at) first."""
     from memfactory_core.eval.runner import resolve_pipeline
 
-    problems: list[Problem] = []
+    problems: list[Problem] = list(refused or [])
+    skip = {p.location.split(" ")[0].split(":")[0] for p in problems}
     try:
-        resolve_pipeline(validated)
+        if "pipeline" not in skip:
+            resolve_pipeline(validated)
     except ValidationError as err:
         problems += [Problem(f"pipeline: {p.location}" if p.location else "pipeline",
                              p.message) for p in err.problems]
     except MemFactoryError as err:
-        problems.append(Problem("pipeline", str(err)))
+        problems.append(Problem("pipeline", safe_error_message(err)))
+    except (OSError, UnicodeDecodeError) as err:
+        problems.append(Problem("pipeline", f"cannot read the pipeline file "
+                                f"({type(err).__name__})"))
     data = getattr(validated, "data", None)
     for key in ("path", "exclude"):
         value = getattr(data, key, None)
-        if isinstance(value, str) and not Path(value).expanduser().is_file():
+        if (isinstance(value, str) and f"data.{key}" not in skip
+                and not Path(value).expanduser().is_file()):
             problems.append(Problem(f"data.{key}", f"no such file: {value}"))
-    problems += _model_problems("model", validated.model)
+    if "model.model" not in skip:
+        problems += _model_problems("model", validated.model)
     for role, mc in validated.roles.items():
-        problems += _model_problems(f"roles.{role}", mc)
+        if f"roles.{role}.model" not in skip:
+            problems += _model_problems(f"roles.{role}", mc)
     if problems:
         raise ValidationError(f"{source}: cannot run", problems)
 
@@ -147,7 +182,8 @@ def submit_run(
 
     Everything that would make the run fail at once is checked first (see
     :func:`check_runnable`), and so is what a submitted run may not do (see
-    :func:`memfactory_core.config.submitted_config_problems`): a bad config raises a
+    :func:`memfactory_core.config.submitted_config_problems`; every path must lie under the
+    data roots, see :mod:`jobs.data_roots`): a bad config raises a
     :class:`MemFactoryError` listing every problem and queues nothing.
 
     The run writes into its own folder (``MEMFACTORY_HOME/runs/<id>``): the config's
@@ -173,7 +209,11 @@ def submit_run(
     data = resolve_paths(validated.model_dump(mode="json"), base)
     _config_size(data, source)
     check_submitted_config(data, source)
-    check_runnable(validate_config(data, model_cls, source=source), source)
+    # before anything reads a file the config names (the run's own folder replaces
+    # output_dir); refused paths are listed with the other problems and never looked at
+    roots = DataRoots.current(db_path=sqlite_file(store.engine.url))
+    refused = path_problems(data, roots, base, include_output=False)
+    check_runnable(validate_config(data, model_cls, source=source), source, refused)
     pipeline = data.get("pipeline")
     pipeline_name = (Path(pipeline).stem if isinstance(pipeline, str) and ("/" in pipeline)
                      else pipeline if isinstance(pipeline, str) else "inline")

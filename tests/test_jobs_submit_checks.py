@@ -24,7 +24,8 @@ def refused(capsys: pytest.CaptureFixture[str], store: RunStore, *args: str) -> 
 
 def test_a_pipeline_file_with_its_slots_in_the_wrong_order(
         db: RunStore, capsys: pytest.CaptureFixture[str],  # noqa: F811
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMFACTORY_DATA_ROOTS", str(tmp_path))
     pipeline = tmp_path / "backwards.yaml"
     pipeline.write_text("name: backwards\nmemory: {type: text}\ningest:\n"
                         "  - {component: memory_writer, role: policy}\n"
@@ -35,7 +36,8 @@ def test_a_pipeline_file_with_its_slots_in_the_wrong_order(
 
 
 def test_a_missing_data_file(db: RunStore, capsys: pytest.CaptureFixture[str],  # noqa: F811
-                             tmp_path: Path) -> None:
+                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEMFACTORY_DATA_ROOTS", str(tmp_path))
     err = refused(capsys, db, "eval", TINY_EVAL, f"data.path={tmp_path / 'nope.jsonl'}")
     assert f"data.path: no such file: {tmp_path / 'nope.jsonl'}" in err
 
