@@ -6,7 +6,9 @@ A model is named by a string:
 - ``run:<id>``: a training run's latest checkpoint, a LoRA adapter loaded over its base with
   peft (not merged); an adapter made for another base is refused;
 - ``openai:<model>@<base_url>``: an OpenAI-compatible endpoint, its key read from
-  ``MEMFACTORY_OPENAI_API_KEY`` or ``OPENAI_API_KEY`` only.
+  ``MEMFACTORY_OPENAI_API_KEY`` or ``OPENAI_API_KEY`` only;
+- ``vllm:<model>`` or ``vllm:run:<id>``: a base model or a run's adapter served by vLLM (GPU,
+  optional extra), offered only where vllm is installed.
 
 Each loaded model has a lock: one generation at a time per model.
 """
@@ -14,8 +16,10 @@ Each loaded model has a lock: one generation at a time per model.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -131,11 +135,9 @@ def base_model_of(run: Any) -> str:
     return str(model)
 
 
-def load_adapter(base: str, folder: Path) -> LLMBackend:
-    """``base`` with the adapter in ``folder`` over it; refuses an adapter of another base."""
-    from peft import PeftModel
-
-    from memfactory_core.llm.models import load_backend, resolve_model_path
+def check_adapter_base(base: str, folder: Path) -> None:
+    """Refuses the adapter in ``folder`` when it was made for another base model."""
+    from memfactory_core.llm.models import resolve_model_path
 
     config = json.loads((folder / "adapter_config.json").read_text())
     made_for = str(config.get("base_model_name_or_path") or "")
@@ -144,6 +146,15 @@ def load_adapter(base: str, folder: Path) -> LLMBackend:
             Path(made_for).name != Path(base_path).name:
         raise MemFactoryError(f"adapter {folder} was trained on {made_for!r}, not on {base!r}: "
                               "load it over its own base model")
+
+
+def load_adapter(base: str, folder: Path) -> LLMBackend:
+    """``base`` with the adapter in ``folder`` over it; refuses an adapter of another base."""
+    from peft import PeftModel
+
+    from memfactory_core.llm.models import load_backend
+
+    check_adapter_base(base, folder)
     backend = load_backend(base)
     model = getattr(backend, "model", None)
     try:
@@ -153,6 +164,29 @@ def load_adapter(base: str, folder: Path) -> LLMBackend:
                               f"{type(err).__name__}: {err}") from None
     backend.model.eval()  # type: ignore[attr-defined]
     return backend
+
+
+def vllm_installed() -> bool:
+    """Whether vllm can be imported here (it is looked up, not imported)."""
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except ValueError:  # imported already, without a module spec
+        return sys.modules.get("vllm") is not None
+
+
+def model_backends() -> list[str]:
+    """The local backends a chat model can load with: transformers, and vllm where
+    installed."""
+    return ["transformers", *(["vllm"] if vllm_installed() else [])]
+
+
+def agent_model_name(backend: str, model: str) -> str:
+    """The model name a chat session records for ``model`` loaded with ``backend``
+    (``vllm:<model>`` for vLLM; endpoints and names already prefixed stay as they are)."""
+    model = model.strip()
+    if backend == "vllm" and model and not model.startswith(("vllm:", "openai:")):
+        return f"vllm:{model}"
+    return model
 
 
 class AgentManager:
@@ -172,18 +206,42 @@ class AgentManager:
             backend = _endpoint_backend(name)
             check_endpoint(backend, name)
             return backend, f"endpoint {name}"
+        if name.startswith("vllm:"):
+            return self._build_vllm(name)
         if name.startswith("run:"):
-            from app.services import parse_run_id
-
-            run_id = parse_run_id(name.removeprefix("run:"))
-            if self.store is None:
-                raise MemFactoryError("no store to find the run's checkpoint in")
-            base = base_model_of(self.store.get_run(run_id))
-            folder = adapter_dir(self.store, run_id)
+            base, folder, run_id = self._run_adapter(name)
             return load_adapter(base, folder), f"{base} + adapter of run {run_id}"
         from memfactory_core.llm.models import load_backend
 
         return load_backend(name), name
+
+    def _run_adapter(self, name: str) -> tuple[str, Path, int]:
+        """``run:<id>``: the run's base model, its latest adapter folder and the id."""
+        from app.services import parse_run_id
+
+        run_id = parse_run_id(name.removeprefix("run:"))
+        if self.store is None:
+            raise MemFactoryError("no store to find the run's checkpoint in")
+        base = base_model_of(self.store.get_run(run_id))
+        return base, adapter_dir(self.store, run_id), run_id
+
+    def _build_vllm(self, name: str) -> tuple[LLMBackend, str]:
+        from memfactory_core.llm.models import load_backend
+        from memfactory_core.llm.vllm_backend import NOT_INSTALLED
+
+        model = name.removeprefix("vllm:").strip()
+        if not vllm_installed():
+            raise MemFactoryError(f"model {name!r} asks for the vLLM backend, but {NOT_INSTALLED}"
+                                  "; or choose the transformers backend")
+        if not model or model.startswith(("openai:", "vllm:")):
+            raise MemFactoryError(f"model {name!r}: write vllm:<model name or path> or "
+                                  "vllm:run:<id>")
+        if model.startswith("run:"):
+            base, folder, run_id = self._run_adapter(model)
+            check_adapter_base(base, folder)
+            return (load_backend(base, backend="vllm", adapter_path=folder),
+                    f"{base} + adapter of run {run_id} (vLLM)")
+        return load_backend(model, backend="vllm"), f"{model} (vLLM)"
 
     def load(self, name: str) -> LoadedModel:
         """The model called ``name``, loading it the first time."""

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -27,12 +29,11 @@ from sqlalchemy import delete, select
 from app.agent_manager import AgentManager, LoadedModel, stream_call
 from jobs.models import ChatMessage, ChatSession
 from jobs.store import RunStore
-from memfactory_core.components.base import Port, RolloutState
-from memfactory_core.data.episode import Conversation, Session, Turn
+from memfactory_core.components.base import Port
 from memfactory_core.errors import MemFactoryError
-from memfactory_core.memory import Memory, MemoryBank
-from memfactory_core.memory.text import TextMemory
-from memfactory_core.pipeline import PipelineRuntime, load_spec, validate_spec
+from memfactory_core.memory import Memory
+from memfactory_core.paths import memfactory_home
+from memfactory_core.pipeline import LiveSession, PipelineRuntime, load_spec, validate_spec
 from memfactory_core.pipeline.trace import TraceStep
 from memfactory_core.resources import Resources
 
@@ -40,12 +41,15 @@ MAX_MESSAGE_CHARS = 8000
 """Longest user message accepted."""
 MAX_DOCUMENT_CHARS = 400_000
 """Longest document a MemAgent session reads."""
-READ_QUESTION = "What in this document should be remembered to answer later questions?"
-"""The question a document pipeline reads a document with before any question is asked."""
 USER = "User"
-SESSION_LEVEL = ("session_segmenter",)
-"""Segmenters whose unit is a whole session: their pipelines write memory at session end."""
 EXPORT_VERSION = 1
+DOCUMENT_FOLDERS = ("documents", "data")
+"""Workspace folders (under ``$MEMFACTORY_HOME``) whose text files a MemAgent session can read:
+``documents/`` for chat documents, ``data/`` for data files and uploads."""
+DOCUMENT_SUFFIXES = (".txt", ".md", ".json", ".jsonl")
+MAX_DOCUMENT_BYTES = 2_000_000
+"""Largest workspace file offered or read as a document."""
+MAX_LISTED_DOCUMENTS = 500
 
 
 @dataclass
@@ -81,27 +85,21 @@ def pipeline_spec(store: RunStore, name_or_spec: str | dict[str, Any]) -> dict[s
 
 def restore_memory(runtime: PipelineRuntime, snapshot: Any) -> Memory:
     """The pipeline's memory in the state ``snapshot`` recorded (empty for ``None``)."""
-    memory = runtime.new_memory()
-    if snapshot is None:
-        return memory
-    if isinstance(memory, MemoryBank):
-        return type(memory).from_snapshot(snapshot, memory.index.embedder)
-    if isinstance(memory, TextMemory):
-        memory.content = str(snapshot)
-        return memory
-    raise MemFactoryError(f"cannot restore a {type(memory).__name__} memory")
+    return runtime.restore_memory(snapshot)
 
 
 def turn_ops(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """This turn's memory operations from its steps: ``{event, id, old, new}``."""
+    """This turn's memory operations from its steps: ``{event, id, old, new}`` (a topic
+    merged into another is a ``MERGE``)."""
     ops: list[dict[str, Any]] = []
     for step in steps:
         diff = step.get("memory_diff") or {}
+        merged = {m.get("id") for m in diff.get("merged") or []}
         for e in diff.get("added") or []:
             ops.append({"event": "ADD", "id": e.get("id"), "old": None, "new": e.get("text")})
         for e in diff.get("updated") or []:
-            ops.append({"event": "UPDATE", "id": e.get("id"), "old": e.get("before"),
-                        "new": e.get("after")})
+            ops.append({"event": "MERGE" if e.get("id") in merged else "UPDATE",
+                        "id": e.get("id"), "old": e.get("before"), "new": e.get("after")})
         for e in diff.get("deleted") or []:
             ops.append({"event": "DELETE", "id": e.get("id"), "old": e.get("text"),
                         "new": None})
@@ -111,15 +109,76 @@ def turn_ops(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return ops
 
 
-def _retrieved(values: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    found: dict[str, list[dict[str, Any]]] = {}
-    for port, value in values.items():
-        if port in (Port.TURNS, Port.FACTS):
+def _document_roots() -> list[Path]:
+    home = memfactory_home()
+    (home / DOCUMENT_FOLDERS[0]).mkdir(exist_ok=True)
+    return [(home / name).resolve() for name in DOCUMENT_FOLDERS]
+
+
+def workspace_documents() -> list[str]:
+    """The workspace's text files a MemAgent session can read, as paths relative to the
+    workspace (``documents/notes.md``): ``.txt``, ``.md``, ``.json``, ``.jsonl`` files up to
+    :data:`MAX_DOCUMENT_BYTES` under :data:`DOCUMENT_FOLDERS`, hidden entries and links that
+    lead out of their folder left out."""
+    home = memfactory_home().resolve()
+    found: list[str] = []
+    for root in _document_roots():
+        if not root.is_dir():
             continue
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value) \
-                and any("score" in v for v in value):
-            found[str(port)] = json.loads(json.dumps(value, default=str))
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                path = Path(folder) / name
+                if name.startswith(".") or path.suffix.lower() not in DOCUMENT_SUFFIXES:
+                    continue
+                real = path.resolve()
+                if not real.is_relative_to(root) or not real.is_file() or \
+                        real.stat().st_size > MAX_DOCUMENT_BYTES:
+                    continue
+                found.append(path.relative_to(home).as_posix())
+                if len(found) >= MAX_LISTED_DOCUMENTS:
+                    return found
     return found
+
+
+def read_workspace_document(ref: str) -> str:
+    """The text of workspace file ``ref`` (a path relative to the workspace, as
+    :func:`workspace_documents` lists them). Absolute paths, ``..``, hidden entries, links
+    that lead out of the folder, other kinds of file and files over the size limit are
+    refused, each with a message naming the path."""
+    ref = (ref or "").strip()
+    home = memfactory_home()
+    where = f"the workspace's {' or '.join(f'{d}/' for d in DOCUMENT_FOLDERS)} folder"
+    if not ref:
+        raise MemFactoryError(f"choose a file from {where} ({home})")
+    rel = Path(ref)
+    if rel.is_absolute() or ref.startswith("~"):
+        raise MemFactoryError(f"{ref!r}: give a path relative to the workspace ({home}), "
+                              f"such as documents/notes.txt")
+    if ".." in rel.parts:
+        raise MemFactoryError(f"{ref!r}: '..' would leave the workspace; choose a file in "
+                              f"{where}")
+    if rel.parts[0] not in DOCUMENT_FOLDERS or len(rel.parts) < 2:
+        raise MemFactoryError(f"{ref!r} is not in {where}")
+    if any(part.startswith(".") for part in rel.parts):
+        raise MemFactoryError(f"{ref!r}: hidden files and folders are not read")
+    if rel.suffix.lower() not in DOCUMENT_SUFFIXES:
+        raise MemFactoryError(f"{ref!r}: only {', '.join(DOCUMENT_SUFFIXES)} files are read")
+    root = (home / rel.parts[0]).resolve()
+    real = (home / rel).resolve()
+    if not real.is_relative_to(root):
+        raise MemFactoryError(f"{ref!r} is a link that leads out of {where}: refused")
+    if not real.is_file():
+        raise MemFactoryError(f"{ref!r}: no such file in the workspace ({home})")
+    size = real.stat().st_size
+    if size > MAX_DOCUMENT_BYTES:
+        raise MemFactoryError(f"{ref!r} has {size} bytes; a document has at most "
+                              f"{MAX_DOCUMENT_BYTES}")
+    data = real.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise MemFactoryError(f"{ref!r} is not UTF-8 text (byte {err.start})") from None
 
 
 class ChatService:
@@ -221,7 +280,7 @@ class ChatService:
     def is_document_pipeline(self, session_id: int) -> bool:
         """Whether the session's pipeline reads a document (MemAgent) rather than turns."""
         spec = self._session(session_id).pipeline
-        return validate_spec(spec).question_conditioned
+        return Port.DOCUMENT in validate_spec(spec).ingest[0].cls.inputs
 
     def send(self, session_id: int, text: str) -> Iterator[ChatEvent]:
         """Ingest ``text`` as a user turn (conversational pipelines) and answer it, streaming
@@ -234,32 +293,41 @@ class ChatService:
                                   f"{MAX_MESSAGE_CHARS}")
         return self._turn(session_id, "message", text)
 
-    def read_document(self, session_id: int, document: str) -> Iterator[ChatEvent]:
-        """A document pipeline reads ``document`` chunk by chunk (progress per chunk)."""
+    def read_document(self, session_id: int, document: str,
+                      source: str | None = None) -> Iterator[ChatEvent]:
+        """A document pipeline reads ``document`` chunk by chunk (progress per chunk);
+        ``source`` names where it came from (a workspace file) in the reply's trace."""
         document = (document or "").strip()
+        what = f"{source!r}" if source else "the document"
         if not document:
-            raise MemFactoryError("the document is empty")
+            raise MemFactoryError(f"{what} is empty")
         if len(document) > MAX_DOCUMENT_CHARS:
-            raise MemFactoryError(f"the document has {len(document)} characters; at most "
+            raise MemFactoryError(f"{what} has {len(document)} characters; at most "
                                   f"{MAX_DOCUMENT_CHARS}")
         if not self.is_document_pipeline(session_id):
             raise MemFactoryError("this pipeline reads conversation turns, not a document: "
                                   "send the text as messages")
-        return self._turn(session_id, "document", document)
+        return self._turn(session_id, "document", document, source)
+
+    def read_workspace_file(self, session_id: int, ref: str) -> Iterator[ChatEvent]:
+        """A document pipeline reads the workspace file ``ref`` (see
+        :func:`read_workspace_document`)."""
+        self._session(session_id)
+        return self.read_document(session_id, read_workspace_document(ref), source=ref)
 
     def end_session(self, session_id: int) -> Iterator[ChatEvent]:
         """What the pipeline does when a conversation session ends (a session-level writer
         such as RMM's reflection reads the session's turns); later turns start a new one."""
         return self._turn(session_id, "end_session", "")
 
-    def _turn(self, session_id: int, kind: str, text: str) -> Iterator[ChatEvent]:
+    def _turn(self, session_id: int, kind: str, text: str,
+              source: str | None = None) -> Iterator[ChatEvent]:
         row = self._session(session_id)
         loaded = self.manager.load(row.model or "")
         runtime = self._runtime(row.pipeline, loaded)
         prev = self.last_state(session_id) or {}
-        memory = restore_memory(runtime, prev.get("memory"))
-        doc_pipeline = runtime.pipeline.question_conditioned
-        if kind == "message" and doc_pipeline and prev.get("memory") is None:
+        live = runtime.live(prev or None)
+        if kind == "message" and live.reads_document and prev.get("memory") is None:
             raise MemFactoryError("give the agent a document to read first")
         if not loaded.lock.acquire(blocking=False):
             raise MemFactoryError(f"{loaded.name} is answering another chat: try again when "
@@ -271,7 +339,7 @@ class ChatService:
             result: dict[str, Any] = {}
 
             def work(emit: Callable[[str, Any], None]) -> dict[str, Any]:
-                return self._run(runtime, loaded, memory, kind, text, prev, emit)
+                return self._run(live, loaded, kind, text, prev, emit)
 
             for ev_kind, value in stream_call(work):
                 if ev_kind == "token":
@@ -284,78 +352,47 @@ class ChatService:
             loaded.lock.release()
         previous = prev.get("memory")
         trace = {**result, "kind": kind, "previous_memory": previous}
+        if source:
+            trace["source"] = source
         msg_id = self._store(session_id, "assistant", result["reply"], trace)
         yield ChatEvent("done", result["reply"], {"message_id": msg_id, "trace": trace})
 
-    def _run(self, runtime: PipelineRuntime, loaded: LoadedModel, memory: Memory, kind: str,
-             text: str, prev: dict[str, Any], emit: Callable[[str, Any], None]
-             ) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        state = RolloutState(id="chat", values=values, memory=memory)
+    @staticmethod
+    def _run(live: LiveSession, loaded: LoadedModel, kind: str, text: str,
+             prev: dict[str, Any], emit: Callable[[str, Any], None]) -> dict[str, Any]:
+        doc_pipeline = live.reads_document
+        conv_session, questions = live.session, int(prev.get("turn", 0))
         steps: list[TraceStep] = []
-        conv_session = int(prev.get("session", 1))
-        turn_no = int(prev.get("turn", 0)) + (kind == "message")
-        pending: list[dict[str, Any]] = list(prev.get("pending") or [])
-        session_level = runtime._segmenter.name in SESSION_LEVEL
-        doc_pipeline = runtime.pipeline.question_conditioned
-        ingest: list[dict[str, Any]] = []
-        if kind == "document":
-            values[Port.DOCUMENT] = text
-            values[Port.QUESTION] = READ_QUESTION
-        elif kind == "message" and not doc_pipeline:
-            turn = {"id": f"D{conv_session}:{turn_no}", "speaker": USER, "text": text,
-                    "session": conv_session,
-                    "time": datetime.now(UTC).strftime("%d %B %Y")}
-            if session_level:
-                pending.append(turn)
-            else:
-                ingest = [turn]
-        elif kind == "end_session" and session_level:
-            ingest, pending = pending, []
-        if ingest:
-            turns = [Turn(**t) for t in ingest]
-            values[Port.CONVERSATION] = Conversation(speakers=[USER], sessions=[
-                Session(index=conv_session, time=turns[0].time, turns=turns)])
-        if ingest or kind == "document":
-            self._ingest(runtime, state, steps, emit)
         retrieved: dict[str, Any] = {}
-        if kind == "end_session":
-            reply = (f"Session {conv_session} ended: the memory was written from its "
-                     f"{len(ingest)} turns." if ingest else f"Session {conv_session} ended.")
-            conv_session, turn_no = conv_session + 1, 0
-        elif kind == "document":
+
+        def progress(done: int, total: int, memory: Memory) -> None:
+            emit("progress", ChatEvent("progress", f"read {done}/{total}",
+                                       {"done": done, "total": total,
+                                        "memory": memory.snapshot()}))
+
+        if kind == "document":
+            steps += live.read_document(text, progress).steps
             reply = "I read the document; ask me about it."
+        elif kind == "end_session":
+            ended = live.end_session(progress)
+            steps += ended.steps
+            reply = (f"Session {conv_session} ended: the memory was written from its "
+                     f"{len(ended.ingested)} turns." if ended.ingested
+                     else f"Session {conv_session} ended.")
         else:
-            values[Port.QUESTION] = text
+            if not doc_pipeline:
+                steps += live.add_turn(USER, text, datetime.now(UTC).strftime("%d %B %Y")).steps
             loaded.llm.sink = lambda piece: emit("token", piece)
             try:
-                for slot, comp in runtime._query:
-                    runtime._run_slot(slot, comp, [(state, steps)], unit=None)
+                asked = live.ask(text)
             finally:
                 loaded.llm.sink = None
-            reply = str(values.get(Port.ANSWER) or "").strip() or "(no answer)"
-            retrieved = _retrieved(values)
+            steps += asked.steps
+            reply = (asked.answer or "").strip() or "(no answer)"
+            retrieved = asked.retrieved
+        state = live.checkpoint()
+        if doc_pipeline:  # a document pipeline counts the questions asked as its turns
+            state["turn"] = questions + (kind == "message")
         step_dicts = [s.model_dump(mode="json") for s in steps]
-        return {"reply": reply, "memory": memory.snapshot(), "session": conv_session,
-                "turn": turn_no, "pending": pending, "steps": step_dicts,
-                "ops": turn_ops(step_dicts), "retrieved": retrieved,
-                "memory_kind": type(memory).__name__}
-
-    @staticmethod
-    def _ingest(runtime: PipelineRuntime, state: RolloutState, steps: list[TraceStep],
-                emit: Callable[[str, Any], None]) -> None:
-        seg = runtime._segmenter
-        t0 = time.perf_counter()
-        units, res = seg.segment(state)
-        for port in (Port.DOCUMENT, Port.CONVERSATION):
-            state.values.pop(port, None)
-        steps.append(TraceStep(lane="ingest", slot=0, component=seg.name, output=res.output,
-                               seconds=time.perf_counter() - t0, extra=res.extra))
-        unit_port = runtime._unit_port
-        for u, unit in enumerate(units):
-            state.values[unit_port] = unit
-            for slot, comp in runtime._ingest[1:]:
-                runtime._run_slot(slot, comp, [(state, steps)], unit=u)
-            emit("progress", ChatEvent("progress", f"read {u + 1}/{len(units)}",
-                                    {"done": u + 1, "total": len(units),
-                                     "memory": state.memory.snapshot()}))
+        return {"reply": reply, **state, "steps": step_dicts, "ops": turn_ops(step_dicts),
+                "retrieved": retrieved, "memory_kind": type(live.memory).__name__}

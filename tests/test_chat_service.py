@@ -40,8 +40,9 @@ def scripted_manager(text: str) -> str:
     """Manager: UPDATE the shown Oslo entry when Bergen comes, ADD otherwise; answer agent:
     the first memory line."""
     if "New fact" in text:
-        shown = json.loads(re.search(r"Related memories:\n(.*)\n\nNew fact", text, re.S)
-                           .group(1))
+        lines = re.search(r"Related memories:\n(.*)\n\nNew fact", text, re.S).group(1)
+        shown = [dict(zip(("id", "text"), line.split(": ", 1), strict=True))
+                 for line in lines.splitlines() if line != "(none yet)"]
         fact = re.search(r"New fact \(said on [^)]*\): (.*)$", text, re.S).group(1).strip()
         oslo = [m for m in shown if "Oslo" in m["text"]]
         if "Bergen" in fact and oslo:

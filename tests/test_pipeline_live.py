@@ -21,6 +21,9 @@ from tests.fakes import ScriptedLLM
 SESSIONS = [("1 May 2023", [("Ann", "I live in Oslo."), ("Bo", "I have a cat named Tom.")]),
             ("9 June 2023", [("Ann", "I moved to Bergen.")])]
 QUESTION = "Where does Ann live?"
+EXTRACT = "A session:\n{turns}\n\nList the topics about {speaker}, as JSON."
+MERGE = ("A new topic:\n{topic}\n\nMemories already stored:\n{memories}\n\nIf they are "
+         "about the same thing, merge them; reply in JSON.")
 
 
 def conversation() -> Episode:
@@ -37,6 +40,19 @@ def spec_of(preset: str) -> dict[str, Any]:
     spec = copy.deepcopy(load_spec(preset))
     assert isinstance(spec, dict)
     spec["memory"]["params"]["embedder"] = "hashing-64"
+    return json_reflection(spec)
+
+
+def json_reflection(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` with its prospective reflection (if any) asking for JSON replies with the
+    prompts above, no reply prefix and room for whole replies (what the scripted models
+    here answer)."""
+    for slot in spec["ingest"]:
+        if slot["component"] == "prospective_reflection":
+            slot.setdefault("params", {}).update(
+                extract_template=EXTRACT, merge_template=MERGE,
+                extract_reply_prefix="", merge_reply_prefix="", extract_max_new_tokens=400,
+                merge_max_new_tokens=200)
     return spec
 
 
@@ -50,7 +66,7 @@ def scripted(text: str) -> str:
     """Reflector: one topic per speaker from the session's turns; merge: always add.
     Answerers: the first memory's last word."""
     if "List the topics" in text:
-        speaker = re.search(r"tells about (\w+)", text).group(1)  # type: ignore[union-attr]
+        speaker = re.search(r"topics about (\w+)", text).group(1)  # type: ignore[union-attr]
         said = re.findall(rf"\[(D\d+:\d+)\][^\n]*{speaker}: ([^\n]*)", text)
         if not said:
             return "NO_TRAIT"
