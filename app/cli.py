@@ -150,6 +150,33 @@ def eval_command(
 
 
 @app.command(context_settings={"allow_extra_args": True})
+def recall(
+    config: Annotated[Path, typer.Argument(help="Evaluation config YAML of a pipeline with "
+                                                "a retriever and a reranker.")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="dotted.key=value overrides, e.g. "
+                            "pipeline_params.reranker.checkpoint=runs/x/best"),
+    ] = None,
+    k: Annotated[list[int] | None, typer.Option("--k", help="Recall@k to report (repeat); "
+                                                            "default: the config's recall_at.")
+                 ] = None,
+) -> None:
+    """Recall@k of the retriever alone vs with the reranker on the same questions, with the
+    paired bootstrap 95% interval of the difference; writes OUTPUT_DIR/recall.json."""
+    from memfactory_core.config import check_output_dir, load_config
+    from memfactory_core.eval.config import EvalConfig
+    from memfactory_core.rerank.evaluate import recall_report, write_recall
+
+    cfg = load_config(config, list(overrides or []), EvalConfig)
+    check_output_dir(cfg.output_dir)
+    result, path = write_recall(cfg, ks=list(k) if k else None)
+    for line in recall_report(result):
+        console.print(line, markup=False, highlight=False)
+    console.print(f"results: {path}", markup=False, highlight=False)
+
+
+@app.command(context_settings={"allow_extra_args": True})
 def train(
     config: Annotated[Path, typer.Argument(help="Training config YAML.")],
     overrides: Annotated[
@@ -225,7 +252,7 @@ def export(
 
 #: what a training run writes into its output folder (removed by ``train --overwrite``)
 TRAIN_OUTPUTS = ("checkpoint-*", "metrics.jsonl", "samples", "rollout_adapter", "runs",
-                 "train_config.json", "merged", "wandb")
+                 "train_config.json", "merged", "wandb", "best")
 
 
 def prepare_train_output(output_dir: str | Path, *, resume: bool, overwrite: bool) -> None:

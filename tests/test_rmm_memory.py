@@ -1,5 +1,6 @@
 """RMM's topic memory and prospective reflection: Add / Merge with history, per-speaker topic
-extraction with turn ids, malformed replies counted and kept in the trace."""
+extraction with turn ids (JSON or one topic per line, ids inferred when omitted), malformed
+replies counted and kept in the trace."""
 
 from __future__ import annotations
 
@@ -8,9 +9,16 @@ import json
 
 import pytest
 
-from memfactory_core.components.reflection import MalformedReply, parse_merge, parse_topics
+from memfactory_core.components.reflection import (
+    JSON_EXTRACT_TEMPLATE,
+    JSON_MERGE_TEMPLATE,
+    MalformedReply,
+    parse_merge,
+    parse_topics,
+)
 from memfactory_core.data.episode import QA, Conversation, Episode, Session, Turn
 from memfactory_core.errors import MemFactoryError
+from memfactory_core.llm.base import Generation, Prompt, SamplingParams
 from memfactory_core.memory import TopicMemory
 from memfactory_core.pipeline import PipelineRuntime, load_spec, validate_spec
 from memfactory_core.retrieval.embedders import load_embedder
@@ -57,7 +65,8 @@ def test_parse_topics_and_merge_decisions() -> None:
     topics = parse_topics('{"topics": [{"summary": "Ann lives in Oslo", '
                           '"turn_ids": ["D1:1", "D9:9"]}]}', ids)
     assert topics[0].turn_ids == ["D1:1"] and topics[0].dropped_turn_ids == ["D9:9"]
-    for bad, reason in [("hello", "no JSON"), ('{"topics": [{"turn_ids": ["D1:1"]}]}',
+    for bad, reason in [("hello", "no topic sentence"), ("{ hello", "invalid JSON"),
+                        ('{"topics": [{"turn_ids": ["D1:1"]}]}',
                                                  "no summary"),
                         ('{"topics": [{"summary": "x", "turn_ids": ["D7:1"]}]}',
                          "none of its turn ids")]:
@@ -92,7 +101,7 @@ def scripted_reflector(text: str) -> str:
     if "tells about Ann" in text:
         return '{"topics": [{"summary": "Ann moved to Bergen", "turn_ids": ["D2:1"]}]}'
     if "tells about Bo" in text:
-        return "Bo got a cat"  # malformed: no JSON
+        return "Cat."  # malformed: neither JSON nor a sentence
     if "Ann moved to Bergen" in text and "[0] Ann lives in Oslo" in text:
         return '{"action": "merge", "index": 0, "summary": "Ann moved from Oslo to Bergen"}'
     if "A new topic summary" in text:
@@ -101,10 +110,16 @@ def scripted_reflector(text: str) -> str:
     return "Bergen [0] [7]"
 
 
-def rmm_spec() -> dict:
+def rmm_spec(json_replies: bool = True) -> dict:
+    """The rmm preset on hashing embeddings; ``json_replies``: with the JSON prompts, no reply
+    prefixes and memories numbered from 0 (the scripted replies below are JSON)."""
     spec = copy.deepcopy(load_spec("rmm"))
     assert isinstance(spec, dict)
     spec["memory"]["params"]["embedder"] = "hashing-64"
+    if json_replies:
+        spec["ingest"][1]["params"].update(
+            extract_template=JSON_EXTRACT_TEMPLATE, merge_template=JSON_MERGE_TEMPLATE,
+            extract_reply_prefix="", merge_reply_prefix="", first_number=0)
     return spec
 
 
@@ -127,7 +142,7 @@ def test_prospective_reflection_adds_merges_and_counts_malformed() -> None:
     assert second.extra["ops"] == {"ADD": 0, "MERGE": 1}
     assert second.extra["malformed"] == 1
     bad = [e for e in second.output["extractions"] if not e["valid"]]
-    assert bad[0]["raw"] == "Bo got a cat" and "no JSON" in bad[0]["error"]
+    assert bad[0]["raw"] == "Cat." and "no topic sentence" in bad[0]["error"]
     assert second.memory_diff["merged"][0]["summary"] == "Ann moved to Bergen"
     # the query lane: retriever, reranker, citing generator with an out-of-range citation
     query = {s.component: s for s in res.trace.steps}
@@ -219,3 +234,96 @@ def test_eval_rmm_tiny_config_runs_and_reports_reflection(tmp_path) -> None:
     assert summary["memory"]["malformed"] == malformed
     assert all(("error" in e) != e["valid"] for e in extractions)
     assert {"locomo_f1", "bleu1", "recall@5"} <= set(results["records"][0])
+
+
+def test_topic_lines_take_ids_when_given_and_infer_them_when_omitted() -> None:
+    texts = {"D1:1": "Hi Bo! I started a new job at the city library.",
+             "D1:2": "Congratulations! Is it the one near the river?",
+             "D1:3": "Yes, I work at the children's desk now."}
+    names = {"ann", "bo"}
+    [one] = parse_topics("Ann says that she started a new job at the library.\n\nmore chat",
+                         list(texts), texts, names)
+    assert one.turn_ids == ["D1:1"] and one.turn_ids_inferred
+    two = parse_topics("- Ann works at the children's desk [D1:3]\n"
+                       "2. Ann likes rivers a lot (D9:9)\nok", list(texts), texts, names)
+    assert [t.summary for t in two] == ["Ann works at the children's desk",
+                                        "Ann likes rivers a lot"]
+    assert two[0].turn_ids == ["D1:3"] and not two[0].turn_ids_inferred
+    assert two[1].turn_ids == ["D1:2"] and two[1].dropped_turn_ids == ["D9:9"]
+    assert two[1].turn_ids_inferred  # its only id was not in the session
+    for no_trait in ("NO_TRAIT", "Ann says that NO TRAIT", "This session tells nothing "
+                     "about Ann.", "It does not tell anything about Ann"):
+        assert parse_topics(no_trait, list(texts), texts, names) == []
+    # a sentence sharing no word with the session (the speaker's name does not count)
+    with pytest.raises(MalformedReply, match="shares no word"):
+        parse_topics("Ann says that penguins fly south", list(texts), texts, names)
+    with pytest.raises(MalformedReply, match="no topic sentence"):
+        parse_topics("Ann\n\n", list(texts), texts, names)
+
+
+def test_one_line_merge_replies_name_the_memory_as_shown() -> None:
+    d = parse_merge("Answer: 2", 2, first_number=1)
+    assert (d.action, d.index, d.summary) == ("merge", 1, None)
+    d = parse_merge("Answer: [1] Ann moved from Oslo to Bergen\nbla", 3, first_number=1)
+    assert (d.action, d.index, d.summary) == ("merge", 0, "Ann moved from Oslo to Bergen")
+    for add in ("Answer: No, the new memory is not the same thing.", "NEW", "new topic"):
+        assert parse_merge(add, 2, first_number=1).action == "add"
+    assert parse_merge("Answer: Yes.", 1, first_number=1).index == 0
+    for bad, reason in [("Answer: 3", r"out of range \(1..2\)"),
+                        ("Answer: 0", "out of range"),
+                        ("Answer: yes", "yes without the number"),
+                        ("Answer: The new memory is about the cat", "neither a memory number"),
+                        ("Answer:", "empty reply")]:
+        with pytest.raises(MalformedReply, match=reason):
+            parse_merge(bad, 2, first_number=1)
+    # JSON merges count from first_number as well
+    assert parse_merge('{"action": "merge", "index": 2, "summary": "s"}', 2, 1).index == 1
+    with pytest.raises(MalformedReply, match=r"out of range \(1..2\)"):
+        parse_merge('{"action": "merge", "index": 0, "summary": "s"}', 2, 1)
+
+
+class PrefillLLM(ScriptedLLM):
+    """Sees the whole prompt (user message and the open reply prefix) and continues it."""
+
+    def generate(self, prompts: list[Prompt], params: SamplingParams) -> list[Generation]:
+        texts = ["\n".join(m["content"] for m in p) for p in prompts]
+        self.calls.append((texts, params))
+        return [Generation(text=self.reply(t), prompt_tokens=1, completion_tokens=1)
+                for t in texts]
+
+
+def test_default_prompts_read_one_line_replies_after_their_prefixes() -> None:
+    def reply(text: str) -> str:
+        if text.endswith("Ann says that") and "[D2:1]" not in text:
+            return " she lives in Oslo."
+        if text.endswith("Ann says that"):
+            return " she moved to Bergen.\n\nThis is all."
+        if text.endswith("Bo says that") and "[D2:2]" not in text:
+            return " NO_TRAIT"
+        if text.endswith("Bo says that"):
+            return " the weather is purple"  # shares no word with the session: malformed
+        if text.endswith("Answer:"):
+            return " 1"
+        return "Bergen [0]"
+
+    llm = PrefillLLM(reply)
+    [res] = PipelineRuntime(validate_spec(rmm_spec(json_replies=False)), llm).run(
+        [two_session_episode()])
+    memory = res.memory
+    assert isinstance(memory, TopicMemory)
+    [topic] = memory.topics()
+    assert topic.text == "Ann says that she lives in Oslo. Ann says that she moved to Bergen."
+    assert topic.turn_ids == ["D1:1", "D2:1"]
+    first, second = [s for s in res.ingest if s.component == "prospective_reflection"]
+    assert first.extra["malformed"] == 0 and first.extra["no_trait"] == 1
+    assert first.output["extractions"][0]["topics"][0]["turn_ids_inferred"] is True
+    assert second.extra["ops"] == {"ADD": 0, "MERGE": 1}
+    assert second.extra["malformed"] == 1 and second.extra["decisions"] == 3
+    bad = next(e for e in second.output["extractions"] if not e["valid"])
+    assert bad["raw"] == "Bo says that the weather is purple" and "no word" in bad["error"]
+    [decision] = second.output["decisions"]
+    assert decision["raw"] == "Answer: 1" and decision["summary_joined"] is True
+    merge_prompt = next(t for t in llm.calls[-2][0] if t.endswith("Answer:"))
+    assert "[1] Ann says that she lives in Oslo." in merge_prompt
+    extract_prompt = llm.calls[0][0][0]
+    assert "{" not in extract_prompt and "D1:3" not in extract_prompt  # no literal examples

@@ -204,3 +204,125 @@ def test_memories_and_questions_are_embedded_once(tmp_path: Path) -> None:
     embed = CandidateEmbeddings(cached)  # type: ignore[arg-type]
     embed([e.text for h in hits for e, _ in h] + questions)
     assert inner.texts == 5
+
+
+def test_listwise_loss_raises_the_evidence_candidates_and_skips_questions_without() -> None:
+    from memfactory_core.training.reranker_trainer import listwise_loss
+
+    scores = torch.tensor([[1.0, 2.0, 0.5], [0.3, 0.2, 0.1]], requires_grad=True)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    hits = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])  # question 2 has no evidence
+    loss = listwise_loss(scores, mask, hits, temperature=0.5)
+    p = torch.softmax(scores[0].detach() / 0.5, dim=0)
+    assert torch.isclose(loss, -torch.log(p[0] + p[2]))
+    loss.backward()
+    assert scores.grad is not None
+    assert scores.grad[0, 0] < 0 and scores.grad[0, 2] < 0 and scores.grad[0, 1] > 0
+    assert torch.all(scores.grad[1] == 0)
+    nothing = listwise_loss(scores, mask, torch.zeros(2, 3), 0.5)
+    assert nothing.item() == 0.0
+
+
+def test_listwise_training_and_its_config_checks(tmp_path: Path) -> None:
+    out = tmp_path / "lw"
+    train_cli(out, "max_steps=4", "reranker.algorithm=listwise", "learning_rate=0.05")
+    assert [r["step"] for r in read_metrics(out)] == [1, 2, 3, 4]
+    assert load_reranker(out / "checkpoint-4").w_m.weight.abs().sum() > 0
+    with pytest.raises(MemFactoryError, match="listwise learns from evidence"):
+        tiny_config(tmp_path, "reranker.algorithm=listwise", "reranker.reward=citation")
+    with pytest.raises(MemFactoryError, match="early_stopping_patience needs"):
+        tiny_config(tmp_path, "reranker.early_stopping_patience=2")
+
+
+VALIDATED = ("data.conversations=[sample-1,sample-2]",
+             "reranker.validation_conversations=[sample-3]", "reranker.eval_steps=2")
+
+
+def test_validation_keeps_the_best_reranker_and_starts_from_the_retrievers_recall(
+        tmp_path: Path) -> None:
+    out = tmp_path / "val"
+    train_cli(out, "max_steps=6", "learning_rate=0.05", *VALIDATED)
+    rows = read_metrics(out)
+    measured = [r for r in rows if "val_recall@2" in r]
+    assert [r["step"] for r in measured] == [2, 4, 6]
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert best["validation_conversations"] == ["sample-3"]
+    assert best["val_recall@2"] == max([best["val_recall@2"]] + [r["val_recall@2"]
+                                                                 for r in measured])
+    assert measured[-1]["val_best_recall@2"] == best["val_recall@2"]
+    # the measure before training is the dense retriever's Recall@2 on sample-3
+    cfg = recall_config(tmp_path / "r", top_m=2)
+    cfg.data.conversations = ["sample-3"]
+    cfg.pipeline_params["retriever"] = {"top_k": 8}
+    retriever = compare_recall(cfg, ks=[2], loader=lambda mc: ScriptedLLM())
+    untrained = retriever["recall"]["recall@2"]["retriever"]
+    if best["step"] == 0:
+        assert best["val_recall@2"] == pytest.approx(untrained)
+    else:
+        assert best["val_recall@2"] > untrained
+    assert checkpoint_info(out / "best")["dim"] == "64"
+
+
+def test_early_stopping_stops_after_measurements_without_gain(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    from memfactory_core.training.callbacks import JsonlCallback
+
+    measures = iter([0.5, 0.6, 0.55, 0.6, 0.9, 0.9])
+    monkeypatch.setattr(RerankerTrainer, "validation_recall", lambda self: next(measures))
+    cfg = tiny_config(tmp_path, "max_steps=20", "reranker.early_stopping_patience=2",
+                      *VALIDATED)
+    trainer = RerankerTrainer(cfg, callbacks=[JsonlCallback()])
+    summary = trainer.train()
+    # measured at steps 0 (0.5), 2 (0.6, best), 4 (0.55), 6 (0.6, not better): stop
+    assert summary["steps"] == 6 and summary["stopped_early"] is True
+    assert summary["best_step"] == 2 and summary["val_best_recall@2"] == 0.6
+    assert summary["val_initial_recall@2"] == 0.5
+    best = load_reranker(tmp_path / "out" / "best")
+    at_2 = read_metrics(tmp_path / "out")[1]
+    assert at_2["step"] == 2 and at_2["val_best_step"] == 2.0
+    assert not torch.equal(best.w_q.weight, trainer.module.w_q.weight)
+
+
+def test_validation_conversations_must_be_held_out(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, "data.conversations=[sample-1,sample-2]",
+                      "reranker.validation_conversations=[sample-2]")
+    with pytest.raises(MemFactoryError, match=r"\['sample-2'\] are also training"):
+        RerankerTrainer(cfg)
+    cfg = tiny_config(tmp_path, "data.conversations=[sample-1]",
+                      "reranker.validation_conversations=[sample-9]")
+    with pytest.raises(MemFactoryError, match=r"no conversation\(s\) sample-9"):
+        RerankerTrainer(cfg)
+
+
+def test_resume_keeps_the_best_validation_measure(tmp_path: Path) -> None:
+    out = tmp_path / "res"
+    train_cli(out, "max_steps=4", "save_steps=100", "learning_rate=0.05", *VALIDATED)
+    before = json.loads((out / "best" / "best.json").read_text())
+    train_cli(out, "max_steps=6", "save_steps=100", "learning_rate=0.05", "resume=true",
+              *VALIDATED)
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    after = json.loads((out / "best" / "best.json").read_text())
+    assert state["best_recall"] == after["val_recall@2"] >= before["val_recall@2"]
+    assert [r["step"] for r in read_metrics(out) if "val_recall@2" in r] == [2, 4, 6]
+
+
+def test_recall_command_compares_retriever_and_reranker(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    train_cli(out, "max_steps=3", "learning_rate=0.05")
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(json.dumps({
+        "pipeline": "rmm_observations", "model": "tiny-random", "output_dir": "unused",
+        "data": {"path": str(ASSETS_DIR / "data" / "conversations_sample.json")},
+        "pipeline_params": {"memory": {"embedder": "hashing-64"}, "retriever": {"top_k": 8},
+                            "reranker": {"top_m": 2}}}))
+    result = CliRunner().invoke(app, [
+        "recall", str(cfg), f"output_dir={tmp_path / 'r'}",
+        f"pipeline_params.reranker.checkpoint={out / 'checkpoint-3'}", "--k", "1",
+        "--k", "2"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "r" / "recall.json").read_text())
+    assert set(saved["recall"]) == {"recall@1", "recall@2"}
+    for name, r in saved["recall"].items():
+        assert f"{name}: retriever {r['retriever']:.4f}  reranker {r['reranker']:.4f}" \
+            in result.output
+    assert "95% paired bootstrap" in result.output

@@ -1,11 +1,24 @@
 """RMM's prospective reflection: at the end of each session, per speaker, an LLM extracts topic
-summaries with the turn ids they rest on (JSON, or "NO_TRAIT"); then, for each new topic and
-its most similar memories, it decides Add or Merge(index, merged summary).
+summaries with the turn ids they rest on (or "NO_TRAIT"); then, for each new topic and its
+most similar memories, it decides Add or Merge(number, merged summary).
 
-Every reply that cannot be read (not JSON, unknown turn ids only, a merge index out of range,
-...) is *malformed*: it is counted, kept in the trace with its raw text and the reason. A
-malformed extraction adds nothing; a malformed merge decision falls back to ``on_malformed``
-(``add`` by default, so a topic is never lost because its decision was unreadable).
+Two reply formats are read, whichever the reply uses:
+
+- **lines** (the default prompts, made for small models): one topic summary per line (up to
+  the first blank line), turn ids optional (``[D1:3]``); a topic that names none rests on the
+  session's turns that share the most words with it (``turn_ids_inferred`` in the trace). An
+  Add/Merge reply starts with the number of the memory to merge into (as shown, from
+  ``first_number``) or with NEW / no; an omitted merged summary is the stored summary and the
+  new one joined.
+- **JSON** (``JSON_EXTRACT_TEMPLATE`` / ``JSON_MERGE_TEMPLATE``, for larger models):
+  ``{"topics": [{"summary": ..., "turn_ids": [...]}]}`` and
+  ``{"action": "merge", "index": N, "summary": ...}`` or ``{"action": "add"}``.
+
+Every reply that cannot be read (no topic sentence, a topic sharing no word with the session,
+unknown turn ids only in JSON, a merge number out of range, ...) is *malformed*: it is counted,
+kept in the trace with its raw text and the reason. A malformed extraction adds nothing; a
+malformed merge decision falls back to ``on_malformed`` (``add`` by default, so a topic is
+never lost because its decision was unreadable).
 """
 
 from __future__ import annotations
@@ -35,6 +48,25 @@ from memfactory_core.metrics.qa import strip_think
 from memfactory_core.retrieval.index import SearchMode
 
 EXTRACT_TEMPLATE = """\
+{turns}
+
+Summarise in one short sentence what {speaker} tells about their own life in this \
+conversation. If {speaker} tells nothing about their life, write NO_TRAIT."""
+
+EXTRACT_REPLY_PREFIX = "{speaker} says that"
+
+MERGE_TEMPLATE = """\
+Stored memories:
+{memories}
+
+New memory: {topic}
+
+Is the new memory about the same thing as one stored memory? Reply with the number of that \
+memory, or with NEW if it is about something else."""
+
+MERGE_REPLY_PREFIX = "Answer:"
+
+JSON_EXTRACT_TEMPLATE = """\
 A session of a conversation:
 {turns}
 
@@ -44,7 +76,7 @@ the turns it rests on. Reply with JSON only, for example:
 {"topics": [{"summary": "{speaker} adopted a dog named Max in May 2023", "turn_ids": ["D1:3"]}]}
 If the session tells nothing about {speaker}, reply NO_TRAIT."""
 
-MERGE_TEMPLATE = """\
+JSON_MERGE_TEMPLATE = """\
 A new topic summary from a conversation:
 {topic}
 
@@ -56,7 +88,19 @@ If the new topic is about the same thing as one memory, merge them: reply
 Otherwise reply {"action": "add"}. Reply with JSON only."""
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S | re.I)
-_NO_TRAIT = re.compile(r"\bno[\s_-]*traits?\b", re.I)
+_NO_TRAIT = re.compile(r"\bno[\s_-]*traits?\b|\b(?:tells?|says?) nothing\b"
+                       r"|\b(?:does not|doesn't) (?:tell|say) anything\b", re.I)
+_TURN_ID = re.compile(r"[\[(]?\b([A-Za-z]*\d+:\d+)\b[\])]?")
+_BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
+_WORD = re.compile(r"[a-z0-9]+")
+_STOPWORDS = frozenset(_WORD.findall(
+    "a an and are as at be been but by did do does for from had has have he her him his i "
+    "in is it its me my of on or our she so that the their them they this to too was we "
+    "were what when where which who will with you your says said tells about now just "
+    "also very not"))
+_NEW = re.compile(r"^(?:new|no|none|add|neither|different|not)\b", re.I)
+_NUMBER = re.compile(r"^(?:memory\s*|number\s*|#)?\[?(\d+)\]?")
+MIN_TOPIC_WORDS = 3
 
 
 class MalformedReply(ValueError):
@@ -83,15 +127,81 @@ class ExtractedTopic:
     summary: str
     turn_ids: list[str]
     dropped_turn_ids: list[str] = field(default_factory=list)
+    #: the reply named no usable turn id: they were matched by shared words
+    turn_ids_inferred: bool = False
 
 
-def parse_topics(text: str, session_turn_ids: list[str]) -> list[ExtractedTopic]:
-    """Topics of an extraction reply; ``[]`` for a NO_TRAIT answer. Turn ids not in the
-    session are dropped (and reported); a topic left with none refers to every turn of the
-    session only if the reply gave none at all. Raises MalformedReply saying what is wrong."""
+def content_words(text: str, ignore: set[str] | frozenset[str] = frozenset()) -> set[str]:
+    """Lower-cased words of ``text`` that carry content (no stop words, no ``ignore``), a
+    plural or third-person ``s`` taken off."""
+    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+            for w in _WORD.findall(text.lower())
+            if len(w) > 2 and w not in _STOPWORDS and w not in ignore}
+
+
+def infer_turn_ids(summary: str, turn_texts: dict[str, str],
+                   ignore: set[str] | frozenset[str] = frozenset(), most: int = 3
+                   ) -> list[str]:
+    """The turns that share the most content words with ``summary`` (at least one, and at
+    least half as many as the best turn), best first, at most ``most``; [] when none shares
+    a word."""
+    words = content_words(summary, ignore)
+    scored = [(len(words & content_words(text, ignore)), tid)
+              for tid, text in turn_texts.items()]
+    best = max((n for n, _ in scored), default=0)
+    if best == 0:
+        return []
+    keep = [(n, tid) for n, tid in scored if n * 2 >= best]
+    keep.sort(key=lambda x: -x[0])  # stable: session order among equals
+    return [tid for _, tid in keep[:most]]
+
+
+def parse_topic_lines(text: str, turn_texts: dict[str, str],
+                      ignore: set[str] | frozenset[str] = frozenset()
+                      ) -> list[ExtractedTopic]:
+    """Topics of a reply written one summary per line (up to the first blank line after a
+    topic); list markers and turn ids (``[D1:3]``) are taken off the summary. Raises
+    MalformedReply when no line is a sentence or a topic shares no word with the session."""
+    topics: list[ExtractedTopic] = []
+    for line in strip_think(text).strip().splitlines():
+        if not line.strip():
+            if topics:
+                break
+            continue
+        ids = _TURN_ID.findall(line)
+        summary = _BULLET.sub("", _TURN_ID.sub("", line)).strip(" \t-:;,")
+        if len(summary.split()) < MIN_TOPIC_WORDS:
+            continue
+        good = [t for t in dict.fromkeys(ids) if t in turn_texts]
+        bad = [t for t in dict.fromkeys(ids) if t not in turn_texts]
+        inferred = not good
+        if inferred:
+            good = infer_turn_ids(summary, turn_texts, ignore)
+            if not good:
+                raise MalformedReply(f"topic {summary[:60]!r} shares no word with any turn of "
+                                     "this session")
+        topics.append(ExtractedTopic(summary, good, bad, inferred))
+    if not topics:
+        raise MalformedReply(f"no topic sentence (of {MIN_TOPIC_WORDS} words or more) in the "
+                             "reply")
+    return topics
+
+
+def parse_topics(text: str, session_turn_ids: list[str],
+                 turn_texts: dict[str, str] | None = None,
+                 ignore: set[str] | frozenset[str] = frozenset()) -> list[ExtractedTopic]:
+    """Topics of an extraction reply; ``[]`` for a NO_TRAIT answer. A reply with a JSON
+    object is read as JSON (turn ids not in the session are dropped and reported; a topic
+    whose ids are all unknown is malformed); otherwise as one topic per line
+    (:func:`parse_topic_lines`, ids inferred from ``turn_texts`` when a line names none;
+    ``ignore``: words not to match on, such as the speakers' names). Raises MalformedReply
+    saying what is wrong."""
     stripped = strip_think(text).strip()
     if _NO_TRAIT.search(stripped) and "{" not in stripped:
         return []
+    if "{" not in stripped and "```" not in stripped:
+        texts = turn_texts if turn_texts is not None else {t: "" for t in session_turn_ids}
+        return parse_topic_lines(stripped, texts, ignore)
     data = _json_body(text)
     items = data.get("topics") if isinstance(data, dict) else data
     if isinstance(data, dict) and items is None and "summary" in data:
@@ -127,8 +237,41 @@ class MergeDecision:
     summary: str | None = None
 
 
-def parse_merge(text: str, shown: int) -> MergeDecision:
-    """An Add / Merge decision; raises MalformedReply (e.g. a merge index out of range)."""
+def parse_merge_line(text: str, shown: int, first_number: int = 1) -> MergeDecision:
+    """A one-line Add / Merge reply: the number of the memory to merge into (as shown,
+    counting from ``first_number``), optionally followed by the merged summary; or NEW / no
+    (Add). A lone yes merges when one memory was shown. Raises MalformedReply."""
+    line = next((ln.strip() for ln in strip_think(text).splitlines() if ln.strip()), "")
+    line = re.sub(r"^(?:answer|reply|decision)\s*[:\-]\s*", "", line, flags=re.I)
+    line = re.sub(r"^merge\s*(?:with|into)?\s*", "", line, flags=re.I)
+    if not line:
+        raise MalformedReply("empty reply")
+    number = _NUMBER.match(line)
+    if number:
+        index = int(number.group(1)) - first_number
+        if not 0 <= index < shown:
+            last = first_number + shown - 1
+            raise MalformedReply(f"merge number {number.group(1)} out of range "
+                                 f"({first_number}..{last})" if shown
+                                 else f"merge number {number.group(1)}, but no memory was shown")
+        rest = line[number.end():].strip(" \t.:;,-")
+        summary = rest if len(rest.split()) >= MIN_TOPIC_WORDS else None
+        return MergeDecision("merge", index, summary)
+    if _NEW.match(line):
+        return MergeDecision("add")
+    if re.match(r"^yes\b", line, re.I):
+        if shown == 1:
+            return MergeDecision("merge", 0, None)
+        raise MalformedReply(f"yes without the number of one of the {shown} memories shown")
+    raise MalformedReply(f"neither a memory number nor NEW: {line[:60]!r}")
+
+
+def parse_merge(text: str, shown: int, first_number: int = 0) -> MergeDecision:
+    """An Add / Merge decision, JSON (its ``index`` counts from ``first_number``) or one line
+    (:func:`parse_merge_line`); raises MalformedReply (e.g. a merge index out of range). A
+    line-format merge without a summary has ``summary`` None (the caller joins both)."""
+    if "{" not in strip_think(text):
+        return parse_merge_line(text, shown, first_number)
     data = _json_body(text)
     if isinstance(data, list) and len(data) == 1:
         data = data[0]
@@ -144,9 +287,11 @@ def parse_merge(text: str, shown: int) -> MergeDecision:
         index = int(index.strip())
     if not isinstance(index, int) or isinstance(index, bool):
         raise MalformedReply("merge without an integer index")
-    if not 0 <= index < shown:
-        raise MalformedReply(f"merge index {index} out of range (0..{shown - 1})"
-                             if shown else f"merge index {index}, but no memory was shown")
+    if not 0 <= index - first_number < shown:
+        raise MalformedReply(
+            f"merge index {index} out of range ({first_number}..{first_number + shown - 1})"
+            if shown else f"merge index {index}, but no memory was shown")
+    index -= first_number
     summary = str(data.get("summary") or "").strip()
     if not summary:
         raise MalformedReply("merge without a merged summary")
@@ -156,24 +301,30 @@ def parse_merge(text: str, shown: int) -> MergeDecision:
 class ProspectiveReflectionParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    extract_template: str = Field(EXTRACT_TEMPLATE,
-                                  description="Prompt with {turns} and {speaker}.")
-    merge_template: str = Field(MERGE_TEMPLATE,
-                                description="Prompt with {topic} and {memories}.")
+    extract_template: str = Field(
+        EXTRACT_TEMPLATE, description="Prompt with {turns} and {speaker}; replies are read "
+        "as JSON or one topic per line (see JSON_EXTRACT_TEMPLATE for JSON).")
+    merge_template: str = Field(
+        MERGE_TEMPLATE, description="Prompt with {topic} and {memories}; replies are read as "
+        "JSON or one line (see JSON_MERGE_TEMPLATE for JSON).")
     top_k: int = Field(3, ge=0, description="Similar memories shown for each new topic.")
     search: SearchMode = Field(SearchMode.DENSE,
                                description="How similar memories are found: bm25, dense, hybrid.")
     max_topics: int = Field(5, ge=1, description="Most topics kept per speaker and session.")
-    extract_max_new_tokens: int = Field(256, ge=1)
-    merge_max_new_tokens: int = Field(128, ge=1)
+    extract_max_new_tokens: int = Field(96, ge=1)
+    merge_max_new_tokens: int = Field(32, ge=1)
+    first_number: int = Field(
+        1, ge=0, description="Number of the first memory shown to an Add/Merge decision (a "
+        "merge reply names a memory by it).")
     on_malformed: Literal["add", "skip"] = Field(
         "add", description="What a malformed merge decision does with its topic.")
     extract_reply_prefix: str = Field(
-        "", description="Start of the extraction reply, written for the model to continue "
-        "(e.g. '{\"topics\": [{\"summary\": \"'); small models produce JSON more often "
-        "with it.")
+        EXTRACT_REPLY_PREFIX, description="Start of the extraction reply, written for the "
+        "model to continue, with {speaker} (e.g. '{\"topics\": [{\"summary\": \"' with the "
+        "JSON template; empty: none); small models stay on task with it.")
     merge_reply_prefix: str = Field(
-        "", description="Start of the Add/Merge reply (e.g. '{\"action\": \"').")
+        MERGE_REPLY_PREFIX, description="Start of the Add/Merge reply (e.g. "
+        "'{\"action\": \"' with the JSON template; empty: none).")
 
     @field_validator("extract_template")
     @classmethod
@@ -185,16 +336,27 @@ class ProspectiveReflectionParams(BaseModel):
     def _check_merge(cls, v: str) -> str:
         return check_template(v, required={"topic", "memories"}, allowed={"topic", "memories"})
 
+    @field_validator("extract_reply_prefix")
+    @classmethod
+    def _check_prefix(cls, v: str) -> str:
+        return check_template(v, required=set(), allowed={"speaker"})
+
 
 def with_prefix(prompt: Prompt, prefix: str) -> Prompt:
     """``prompt`` with the start of the reply for the model to continue (if any)."""
     return [*prompt, {"role": "assistant", "content": prefix}] if prefix else prompt
 
 
-def render_numbered(entries: list[Any]) -> str:
+def render_numbered(entries: list[Any], first_number: int = 0) -> str:
     if not entries:
         return "(none)"
-    return "\n".join(f"[{i}] {e.text}" for i, e in enumerate(entries))
+    return "\n".join(f"[{i}] {e.text}" for i, e in enumerate(entries, first_number))
+
+
+def join_summaries(stored: str, new: str) -> str:
+    """The merged summary when a merge reply gives none: both, stored first."""
+    stored = stored.rstrip()
+    return f"{stored}{'' if stored.endswith(('.', '!', '?')) else '.'} {new.strip()}"
 
 
 @register
@@ -212,7 +374,8 @@ class ProspectiveReflection(LLMComponent):
     def run(self, batch: list[RolloutState]) -> list[StepResult]:
         p: ProspectiveReflectionParams = self.params  # type: ignore[assignment]
         records: list[dict[str, Any]] = [
-            {"extractions": [], "decisions": [], "malformed": 0} for _ in batch]
+            {"extractions": [], "decisions": [], "malformed": 0, "replies": 0}
+            for _ in batch]
         tokens = [[0, 0] for _ in batch]
         # 1. one extraction per (rollout, speaker), all in one generate call
         jobs: list[tuple[int, str, list[Turn]]] = []
@@ -220,18 +383,22 @@ class ProspectiveReflection(LLMComponent):
             turns: list[Turn] = list(state.values.get(Port.TURNS) or [])
             for speaker in dict.fromkeys(t.speaker for t in turns):
                 jobs.append((j, speaker, turns))
+        prefixes = [fill(p.extract_reply_prefix, speaker=speaker) for _, speaker, _ in jobs]
         prompts: list[Prompt] = [
             with_prefix([{"role": "user", "content": fill(
-                p.extract_template, turns=render_turns(turns), speaker=speaker)}],
-                p.extract_reply_prefix)
-            for _, speaker, turns in jobs]
+                p.extract_template, turns=render_turns(turns), speaker=speaker)}], prefix)
+            for (_, speaker, turns), prefix in zip(jobs, prefixes, strict=True)]
         gens = self.generate(prompts, p.extract_max_new_tokens)
         pending: list[list[tuple[str, ExtractedTopic, Turn]]] = [[] for _ in batch]
-        for (j, speaker, turns), prompt, gen in zip(jobs, prompts, gens, strict=True):
-            raw = p.extract_reply_prefix + gen.text
+        for (j, speaker, turns), prompt, gen, prefix in zip(jobs, prompts, gens, prefixes,
+                                                            strict=True):
+            raw = prefix + gen.text
             record: dict[str, Any] = {"speaker": speaker, "raw": raw}
+            records[j]["replies"] += 1
+            names = {w for t in turns for w in content_words(t.speaker)}
             try:
-                topics = parse_topics(raw, [t.id for t in turns])[: p.max_topics]
+                topics = parse_topics(raw, [t.id for t in turns], {t.id: t.text for t in turns},
+                                      names)[: p.max_topics]
                 record.update(valid=True, topics=[vars(t) for t in topics],
                               no_trait=not topics)
                 pending[j].extend((speaker, t, turns[-1]) for t in topics)
@@ -255,7 +422,8 @@ class ProspectiveReflection(LLMComponent):
                          if p.top_k and len(memory) else [])
                 shown_all.append(shown)
                 prompts.append(with_prefix([{"role": "user", "content": fill(
-                    p.merge_template, topic=topic.summary, memories=render_numbered(shown))}],
+                    p.merge_template, topic=topic.summary,
+                    memories=render_numbered(shown, p.first_number))}],
                     p.merge_reply_prefix))
             gens = self.generate(prompts, p.merge_max_new_tokens) if any(shown_all) else []
             for n, (j, shown) in enumerate(zip(active, shown_all, strict=True)):
@@ -274,10 +442,11 @@ class ProspectiveReflection(LLMComponent):
                     gen = gens[n]
                     raw = p.merge_reply_prefix + gen.text
                     decision["raw"] = raw
+                    records[j]["replies"] += 1
                     tokens[j][0] += gen.prompt_tokens
                     tokens[j][1] += gen.completion_tokens
                     try:
-                        choice = parse_merge(raw, len(shown))
+                        choice = parse_merge(raw, len(shown), p.first_number)
                         decision.update(action=choice.action, valid=True)
                     except MalformedReply as err:
                         records[j]["malformed"] += 1
@@ -290,9 +459,10 @@ class ProspectiveReflection(LLMComponent):
                     decision["id"] = entry.id
                 elif choice is not None:
                     target = shown[choice.index or 0]
-                    memory.merge(target.id, topic.summary, choice.summary or topic.summary,
-                                 topic.turn_ids, last.time)
-                    decision.update(id=target.id, merged_summary=choice.summary)
+                    merged = choice.summary or join_summaries(target.text, topic.summary)
+                    memory.merge(target.id, topic.summary, merged, topic.turn_ids, last.time)
+                    decision.update(id=target.id, merged_summary=merged,
+                                    summary_joined=choice.summary is None)
                 records[j]["decisions"].append(decision)
         results = []
         for state, rec, (pt, ct) in zip(batch, records, tokens, strict=True):
@@ -304,6 +474,7 @@ class ProspectiveReflection(LLMComponent):
             results.append(StepResult(
                 output=rec, prompt_tokens=pt, completion_tokens=ct,
                 extra={"ops": counts, "malformed": rec["malformed"],
+                       "decisions": rec["replies"],
                        "topics": sum(len(e["topics"]) for e in rec["extractions"]),
                        "no_trait": sum(1 for e in rec["extractions"] if e.get("no_trait"))}))
         return results

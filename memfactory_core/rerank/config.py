@@ -15,11 +15,18 @@ class RerankerTrainingConfig(BaseModel):
     -1 when not; ``mix`` a weighted sum of both. ``reinforce`` weights each pick's
     log-probability by its reward minus ``baseline`` (RMM: 0.5); ``grpo`` samples
     ``group_size`` subsets per question and weights each subset's log-probability by its mean
-    reward, normalised within the group."""
+    reward, normalised within the group; ``listwise`` needs no sampling: it maximises the
+    softmax probability (at the temperature) of the candidates whose source turns hold the
+    question's evidence, among all K (a supervised objective from evidence labels).
+
+    With ``validation_conversations`` the reranker's deterministic Recall@M on those
+    conversations is measured before training and every ``eval_steps``; the best reranker so
+    far is kept in ``OUTPUT_DIR/best/`` and training stops after ``early_stopping_patience``
+    measurements without a gain."""
 
     model_config = ConfigDict(extra="forbid")
 
-    algorithm: Literal["reinforce", "grpo"] = "reinforce"
+    algorithm: Literal["reinforce", "grpo", "listwise"] = "reinforce"
     reward: Literal["citation", "evidence", "mix"] = "evidence"
     citation_weight: float = Field(0.5, ge=0.0, description="Weight of citations in mix.")
     evidence_weight: float = Field(0.5, ge=0.0, description="Weight of evidence in mix.")
@@ -30,11 +37,23 @@ class RerankerTrainingConfig(BaseModel):
     init_checkpoint: str | None = Field(
         None, description="Start from this reranker checkpoint (None: untrained, which ranks "
         "as dense retrieval does).")
+    validation_conversations: list[str] | None = Field(
+        None, description="Conversations of data.path held out to pick the best reranker "
+        "by Recall@M (never trained on).")
+    eval_steps: int = Field(100, ge=1, description="Steps between validation measurements.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many validation measurements without a "
+        "better Recall@M (None: run to max_steps).")
 
     @model_validator(mode="after")
     def _weights(self) -> RerankerTrainingConfig:
         if self.reward == "mix" and self.citation_weight + self.evidence_weight <= 0:
             raise ValueError("reward mix needs a positive citation_weight or evidence_weight")
+        if self.algorithm == "listwise" and self.reward != "evidence":
+            raise ValueError("algorithm listwise learns from evidence labels: it needs "
+                             "reward: evidence")
+        if self.early_stopping_patience is not None and not self.validation_conversations:
+            raise ValueError("early_stopping_patience needs validation_conversations")
         return self
 
     @property

@@ -5,10 +5,11 @@ Both rankings come from one retrieval per question: the retriever's top-K, and t
 top-M of it (no noise). Recall@k is the share of the question's evidence turn ids found among
 the source turns of the first k memories. Only questions with evidence ids count.
 
+    memfactory recall CONFIG [key=value ...]
     python -m memfactory_core.rerank.evaluate CONFIG [key=value ...]
 
-reads an evaluation config (``pipeline_params.reranker.checkpoint=...`` names the trained
-reranker) and writes ``OUTPUT_DIR/recall.json``.
+read an evaluation config (``pipeline_params.reranker.checkpoint=...`` names the trained
+reranker) and write ``OUTPUT_DIR/recall.json``.
 """
 
 from __future__ import annotations
@@ -110,6 +111,31 @@ def compare_recall(config: EvalConfig, ks: list[int] | None = None,
     return result
 
 
+def write_recall(config: EvalConfig, ks: list[int] | None = None,
+                 loader: BackendLoader = default_loader) -> tuple[dict[str, Any], Path]:
+    """Run :func:`compare_recall` and write ``OUTPUT_DIR/recall.json``; returns both."""
+    result = compare_recall(config, ks, loader)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "recall.json"
+    path.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result, path
+
+
+def recall_report(result: dict[str, Any]) -> list[str]:
+    """The comparison as printable lines: one per k with the paired 95% interval."""
+    lines = [f"{result['n']} questions with evidence in {len(result['episodes'])} "
+             f"conversations, top-{result['top_k']} -> top-{result['top_m']}, checkpoint "
+             f"{result['checkpoint']}"]
+    for name, r in result["recall"].items():
+        p = r["paired"]
+        lines.append(f"{name}: retriever {r['retriever']:.4f}  reranker {r['reranker']:.4f}  "
+                     f"diff {p['diff']:+.4f} [{p['diff_low']:+.4f}, {p['diff_high']:+.4f}] "
+                     "(95% paired bootstrap)")
+    lines.append(f"seconds: {result['seconds']}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     from memfactory_core.config import load_config
 
@@ -118,18 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 2
     config = load_config(args[0], args[1:], EvalConfig)
-    result = compare_recall(config)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recall.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    print(f"{result['n']} questions with evidence, top-{result['top_k']} -> top-"
-          f"{result['top_m']}, checkpoint {result['checkpoint']}")
-    for name, r in result["recall"].items():
-        p = r["paired"]
-        print(f"{name}: retriever {r['retriever']:.4f}  reranker {r['reranker']:.4f}  "
-              f"diff {p['diff']:+.4f} [{p['diff_low']:+.4f}, {p['diff_high']:+.4f}] (95% "
-              "paired bootstrap)")
-    print(f"seconds: {result['seconds']}; written {out / 'recall.json'}")
+    result, path = write_recall(config)
+    print("\n".join(recall_report(result)))
+    print(f"written {path}")
     return 0
 
 

@@ -8,7 +8,12 @@ stop requests as :class:`~memfactory_core.training.trainer.GRPOTrainer`.
 Each episode's memory is built once by the ingest lane, and each question's top-K candidates
 once by the retriever; a step samples top-M subsets for ``questions_per_step`` questions,
 rewards each selected memory (evidence overlap, the generator's citations, or a mix) and
-updates the module.
+updates the module (``listwise`` learns from the evidence labels of all K candidates instead).
+
+With validation conversations, the reranker's deterministic Recall@M on them is measured
+before the first step and every ``eval_steps``; the best reranker is kept in
+``OUTPUT_DIR/best/`` (``reranker.safetensors`` and ``best.json``), and training stops early
+after ``early_stopping_patience`` measurements without a gain.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from memfactory_core.rerank.module import (
     save_reranker,
     select_top_m,
 )
-from memfactory_core.training.callbacks import TrainingCallback
+from memfactory_core.training.callbacks import TrainingCallback, TrainState
 from memfactory_core.training.config import TrainConfig
 from memfactory_core.training.loop import CheckpointedLoop
 
@@ -70,6 +75,9 @@ def load_state(file: Path) -> Any:
                               f"objects other than tensors ({type(exc).__name__})") from None
 
 
+BEST_DIR = "best"
+
+
 def load_training_episodes(config: TrainConfig) -> list[Episode]:
     """The conversations a reranker training config names."""
     from memfactory_core.data.loaders import load_episodes
@@ -80,6 +88,32 @@ def load_training_episodes(config: TrainConfig) -> list[Episode]:
                               "(LoCoMo or LongMemEval format)")
     return load_episodes(d.path, format=d.format, limit=d.limit, seed=d.seed,
                          exclude_ids=d.exclude_ids(), **d.load_options())
+
+
+def load_validation_episodes(config: TrainConfig, training: Sequence[Episode]
+                             ) -> list[Episode]:
+    """The validation conversations of ``reranker.validation_conversations`` (from
+    data.path, with data's session and category filters); refused when one is trained on."""
+    from memfactory_core.data.loaders import load_episodes
+
+    names = (config.reranker.validation_conversations or []) if config.reranker else []
+    if not names:
+        return []
+    d = config.data
+    assert d.path is not None
+    shared = sorted(set(names) & {ep.id for ep in training})
+    if shared:
+        raise MemFactoryError(
+            f"reranker.validation_conversations: {shared} are also training conversations; "
+            "hold them out of data.conversations")
+    options = {**d.load_options(), "conversations": list(names)}
+    options.pop("split", None)
+    episodes = load_episodes(d.path, format=d.format, **options)
+    missing = sorted(set(names) - {ep.id for ep in episodes})
+    if missing:
+        raise MemFactoryError(f"reranker.validation_conversations: {missing} not found in "
+                              f"{d.path}")
+    return episodes
 
 
 def subset_rewards(hits: list[bool] | None, cited: list[bool] | None,
@@ -110,6 +144,21 @@ def reinforce_loss(sel: Selection, rewards: list[list[float]], baseline: float
     return -(adv * sel.log_probs * valid).sum() / valid.sum().clamp(min=1.0)
 
 
+def listwise_loss(scores: torch.Tensor, mask: torch.Tensor, hits: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+    """Minus the log of the softmax probability, at ``temperature``, of the candidates that
+    hold the question's evidence (``hits`` (B, K), 1.0 for those), averaged over the questions
+    that have one among their K candidates (0 when none has)."""
+    logits = (scores / temperature).masked_fill(~mask, float("-inf"))
+    log_probs = torch.log_softmax(logits, dim=1)
+    positive = (hits > 0) & mask
+    has = positive.any(dim=1)
+    if not bool(has.any()):
+        return (scores * 0.0).sum()
+    picked = torch.logsumexp(log_probs.masked_fill(~positive, float("-inf")), dim=1)
+    return -picked[has].mean()
+
+
 def grpo_subset_loss(sels: list[Selection], rewards: list[list[list[float]]]) -> torch.Tensor:
     """GRPO over sampled subsets: ``sels[g]`` is sample g of every query, ``rewards[g][i]``
     its per-memory rewards; a subset's reward is their mean, its advantage that reward
@@ -119,6 +168,29 @@ def grpo_subset_loss(sels: list[Selection], rewards: list[list[list[float]]]) ->
     adv = (totals - mean) / (std + 1e-4)  # (G, B)
     logp = torch.stack([(s.log_probs * s.valid).sum(dim=1) for s in sels])  # (G, B)
     return -(adv * logp).mean()
+
+
+class _EarlyStop(TrainingCallback):
+    """Asks the step loop to stop once the trainer's validation has stopped improving."""
+
+    def __init__(self, trainer: RerankerTrainer) -> None:
+        self.trainer = trainer
+
+    def should_stop(self) -> bool:
+        return self.trainer.stop_early
+
+
+class _ValidateFirst(TrainingCallback):
+    """Measures the untrained (or resumed-without-a-measure) reranker before the first step,
+    so that ``best/`` never holds a reranker worse on validation than the starting one."""
+
+    def __init__(self, trainer: RerankerTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, state: TrainState, config: dict[str, Any]) -> None:
+        if self.trainer.best_recall is None:
+            self.trainer.output_dir.mkdir(parents=True, exist_ok=True)
+            self.trainer.validate()
 
 
 class RerankerTrainer(CheckpointedLoop):
@@ -156,10 +228,18 @@ class RerankerTrainer(CheckpointedLoop):
         eps = list(episodes) if episodes is not None else load_training_episodes(config)
         if not eps:
             raise MemFactoryError("no training conversations: check data.path and its filters")
-        self.memories = build_memories(self.runtime, eps, self.sampling)
-        share_embeddings(self.memories, [qa.question for ep in eps for qa in ep.questions])
+        val_eps = load_validation_episodes(config, eps) if episodes is None else []
+        self.memories = build_memories(self.runtime, eps + val_eps, self.sampling)
+        share_embeddings(self.memories, [qa.question for ep in eps + val_eps
+                                         for qa in ep.questions])
         self.queries: list[Query] = retrieve_queries(
             retriever, eps, self.memories, need_evidence=self.rc.reward != "citation")
+        self.val_queries: list[Query] = [
+            q for q in retrieve_queries(retriever, val_eps, self.memories, need_evidence=True)
+            if q.candidates]
+        if val_eps and not self.val_queries:
+            raise MemFactoryError("reranker.validation_conversations: no question with "
+                                  "evidence turn ids and retrieved candidates")
         self.queries = [q for q in self.queries if q.candidates]
         if not self.queries:
             raise MemFactoryError("no training question has retrieved candidates (and, for "
@@ -180,6 +260,48 @@ class RerankerTrainer(CheckpointedLoop):
         self.optimizer = torch.optim.Adam(self.module.parameters(), lr=config.learning_rate,
                                           weight_decay=config.weight_decay)
         self.rng = torch.Generator().manual_seed(config.seed)
+        self.best_recall: float | None = None
+        self.initial_recall: float | None = None
+        self.best_step = 0
+        self.evals_without_gain = 0
+        self.stop_early = False
+        if self.val_queries:
+            self.callbacks.append(_EarlyStop(self))
+
+    # ------------------------------------------------------------ validation
+    def validation_recall(self) -> float:
+        """Mean Recall@M on the validation questions, top-M without noise."""
+        with torch.no_grad():
+            self.module.eval()
+            q, m, mask = candidate_tensors(self.embed, [x.qa.question for x in self.val_queries],
+                                           [x.candidates for x in self.val_queries])
+            sel = select_top_m(self.module.scores(q, m), self.top_m, 1.0, mask, sample=False)
+            self.module.train()
+        return float(np.mean([
+            recall_at([x.candidates[int(j)] for j in sel.indices[i] if j >= 0],
+                      x.qa.evidence, self.top_m) for i, x in enumerate(self.val_queries)]))
+
+    def validate(self) -> dict[str, float]:
+        """Measure validation Recall@M; keep the module in ``best/`` when it is the best so
+        far, and count measurements without a gain toward early stopping."""
+        value = self.validation_recall()
+        if self.step == 0:
+            self.initial_recall = value
+        if self.best_recall is None or value > self.best_recall:
+            self.best_recall, self.best_step, self.evals_without_gain = value, self.step, 0
+            best = self.output_dir / BEST_DIR
+            save_reranker(self.module, best / WEIGHTS_FILE)
+            (best / "best.json").write_text(json.dumps({
+                "step": self.step, f"val_recall@{self.top_m}": value,
+                "validation_conversations": self.rc.validation_conversations}),
+                encoding="utf-8")
+        else:
+            self.evals_without_gain += 1
+            patience = self.rc.early_stopping_patience
+            self.stop_early = patience is not None and self.evals_without_gain >= patience
+        return {f"val_recall@{self.top_m}": value,
+                f"val_best_recall@{self.top_m}": float(self.best_recall),
+                "val_best_step": float(self.best_step)}
 
     # ------------------------------------------------------------------ data
     def queries_for_step(self, step: int) -> list[Query]:
@@ -236,7 +358,14 @@ class RerankerTrainer(CheckpointedLoop):
         rewards = [[subset_rewards(hits[g][i] if rc.reward != "citation" else None,
                                    cited[g][i] if cited is not None else None, rc)
                     for i in range(len(queries))] for g in range(groups)]
-        loss = self._loss(sels, rewards)
+        if rc.algorithm == "listwise":
+            all_hits = torch.zeros_like(scores)
+            for i, x in enumerate(queries):
+                all_hits[i, : len(x.candidates)] = torch.tensor(
+                    evidence_hits(x.candidates, x.qa.evidence), dtype=scores.dtype)
+            loss = listwise_loss(scores, mask, all_hits, self.temperature)
+        else:
+            loss = self._loss(sels, rewards)
         self.optimizer.zero_grad()
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.max_grad_norm)
@@ -262,6 +391,8 @@ class RerankerTrainer(CheckpointedLoop):
                                                           for g in replies for r in g))
             metrics["generation_seconds"] = gen_seconds
         metrics["step_time"] = time.perf_counter() - t0
+        if self.val_queries and self.step % rc.eval_steps == 0:
+            metrics.update(self.validate())
         samples = []
         if self.step % cfg.logging_steps == 0 and cfg.save_samples:
             for i, x in enumerate(queries[: cfg.save_samples]):
@@ -294,7 +425,9 @@ class RerankerTrainer(CheckpointedLoop):
                    tmp / "rng_state.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({
             "step": self.step, "max_steps": self.config.max_steps, "kind": "reranker",
-            "dim": self.module.dim, "embedder": self.module.embedder}), encoding="utf-8")
+            "dim": self.module.dim, "embedder": self.module.embedder,
+            "best_recall": self.best_recall, "best_step": self.best_step,
+            "evals_without_gain": self.evals_without_gain}), encoding="utf-8")
         return self._publish_checkpoint(tmp, path)
 
     def load_checkpoint(self, path: Path) -> None:
@@ -308,13 +441,26 @@ class RerankerTrainer(CheckpointedLoop):
         self.rng.set_state(rng["sampler"])
         state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
         self.step = int(state["step"])
+        self.best_recall = state.get("best_recall")
+        self.best_step = int(state.get("best_step") or 0)
+        self.evals_without_gain = int(state.get("evals_without_gain") or 0)
 
     # ------------------------------------------------------------------ train
     def train(self) -> dict[str, Any]:
         """Run to ``max_steps`` (or a stop request); returns a summary as GRPOTrainer's."""
         dumped = self.config.model_dump(mode="json")
-        return {**self._run_loop(dumped, dumped), "setup_seconds": self.setup_seconds,
-                "questions": len(self.queries)}
+        if self.val_queries:
+            self.callbacks.insert(0, _ValidateFirst(self))
+        summary = {**self._run_loop(dumped, dumped), "setup_seconds": self.setup_seconds,
+                   "questions": len(self.queries)}
+        if self.val_queries:
+            summary.update(validation_questions=len(self.val_queries),
+                           best_step=self.best_step, best_checkpoint=str(
+                               self.output_dir / BEST_DIR),
+                           **{f"val_initial_recall@{self.top_m}": self.initial_recall,
+                              f"val_best_recall@{self.top_m}": self.best_recall},
+                           stopped_early=self.stop_early)
+        return summary
 
 
 def build_trainer(config: TrainConfig, callbacks: Sequence[TrainingCallback] = ()) -> Any:
