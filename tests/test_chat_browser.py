@@ -108,6 +108,41 @@ def test_memory_r1_and_memagent_chat(app: tuple[str, RunStore], page: Any) -> No
     sync_api.expect(page.locator("#chat-trace")).to_contain_text("boxed_answerer")
 
 
+def choose(page: Any, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option).click()
+
+
+def type_in(page: Any, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input")
+    box.fill(value)
+    box.press("Enter")
+
+
+def test_memagent_reads_a_workspace_file(app: tuple[str, RunStore], page: Any,
+                                         tmp_path: Path) -> None:
+    from memfactory_core.paths import memfactory_home
+
+    folder = memfactory_home() / "documents" / tmp_path.name
+    folder.mkdir(parents=True)
+    (folder / "apples.txt").write_text(
+        " ".join(f"Sentence {i} says that Mia has {i} apples." for i in range(10)))
+    ref = f"documents/{tmp_path.name}/apples.txt"
+    url, _ = app
+    page.goto(url)
+    start(page, "chat_memagent")
+    page.get_by_text("Document (MemAgent)").click()
+    choose(page, "chat-doc-source", "workspace file")
+    type_in(page, "chat-doc-file", "../outside.txt")
+    page.locator("#chat-read").click()
+    sync_api.expect(page.locator("#chat-status")).to_contain_text("would leave the workspace")
+    choose(page, "chat-doc-file", ref)
+    page.locator("#chat-read").click()
+    sync_api.expect(page.locator("#chat-bot")).to_contain_text("I read the document")
+    sync_api.expect(page.locator("#chat-inspector")).to_contain_text(f"Read from {ref}")
+    sync_api.expect(page.locator("#chat-inspector")).to_contain_text("TextMemory")
+
+
 def test_unreachable_endpoint_is_refused_and_the_session_stays(app: tuple[str, RunStore],
                                                                 page: Any) -> None:
     url, store = app

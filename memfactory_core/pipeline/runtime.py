@@ -213,7 +213,7 @@ class PipelineRuntime:
         for state, _, unit in batch:
             state.values[self._unit_port] = unit
         for slot, comp in self._ingest[1:]:
-            self._run_slot(slot, comp, [(state, steps) for state, steps, _ in batch],
+            self.run_slot(slot, comp, [(state, steps) for state, steps, _ in batch],
                            unit=index)
 
     def run_query(self, batch: Sequence[tuple[RolloutState, list[TraceStep]]],
@@ -222,7 +222,7 @@ class PipelineRuntime:
         """The query lane for each rollout in ``batch`` (its state holds the question),
         batched; ``after_slot`` is called after each slot (to look at its outputs)."""
         for slot, comp in self._query:
-            self._run_slot(slot, comp, list(batch), unit=None)
+            self.run_slot(slot, comp, list(batch), unit=None)
             if after_slot is not None:
                 after_slot(slot, comp)
 
@@ -297,12 +297,14 @@ class PipelineRuntime:
         return results
 
     @staticmethod
-    def _run_slot(
+    def run_slot(
         slot: ResolvedSlot,
         comp: Component,
         batch: list[tuple[RolloutState, list[TraceStep]]],
         unit: int | None,
     ) -> None:
+        """One slot's component on each rollout of ``batch`` at once; each rollout's step
+        list gains the step with its timing and memory change."""
         if not batch:
             return
         states = [s for s, _ in batch]
@@ -334,3 +336,6 @@ class PipelineRuntime:
                     extra=res.extra,
                 )
             )
+
+    #: the earlier name of :meth:`run_slot`
+    _run_slot = run_slot
