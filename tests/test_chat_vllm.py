@@ -167,3 +167,24 @@ def test_without_vllm_the_option_is_absent_and_asking_for_it_is_refused(
     assert chat.sessions() == []
     with pytest.raises(MemFactoryError, match="vLLM is not installed"):
         chat.create_session(given_facts("rag"), agent_model_name("vllm", "tiny-random"))
+
+
+@pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here: the option is always offered")
+def test_without_vllm_the_endpoints_say_so(tmp_path: Path) -> None:
+    from gradio_client import Client
+
+    from tests.test_chat_app import free_port
+
+    store = RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
+    store.save_pipeline("chat_rag", given_facts("rag"))
+    demo = build_app(store, refresh_s=5.0)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
+                            prevent_thread_lock=True, quiet=True)
+    try:
+        api = Client(url, verbose=False)
+        assert api.predict(api_name="/chat_model_backends") == ["transformers"]
+        with pytest.raises(Exception, match="vLLM is not installed"):
+            api.predict("chat_rag", "vllm:tiny-random", api_name="/chat_new_session")
+    finally:
+        demo.close()
+    assert ChatService(store).sessions() == []
