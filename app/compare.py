@@ -233,6 +233,20 @@ class RunResults:
         return {k: i for i, k in enumerate(self.keys)}
 
 
+def default_metric(runs: Sequence[RunResults]) -> str | None:
+    """The metric to colour and list questions by: the first whose per-question scores vary
+    in some run (exact match is all zeros for a small model's long answers), else the first."""
+    names = list(dict.fromkeys(m for r in runs for m in r.metrics))
+    for name in names:
+        for run in runs:
+            if name in run.metrics and run.scores.size:
+                column = run.scores[:, run.metrics.index(name)]
+                column = column[~np.isnan(column)]
+                if column.size and column.min() != column.max():
+                    return name
+    return names[0] if names else None
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and (not isinstance(value, float)
                                                or math.isfinite(value))

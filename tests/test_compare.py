@@ -21,6 +21,7 @@ from app.compare import (
     build_comparison,
     comparison_json,
     config_diff,
+    default_metric,
     display_rows,
     evaluation_table,
     filter_options,
@@ -558,3 +559,14 @@ def test_summary_only_categories_and_nan_in_results_file(tmp_path: Path) -> None
                                 "records": [{"id": "a", "em": 1.0}]}))
     assert "NaN" in path.read_text()
     assert load_results(path).metrics == ["em"]
+
+
+def test_default_metric_is_the_first_that_varies(tmp_path: Path) -> None:
+    records = make_records(30, 0.5, seed=1)
+    varied = write_results(tmp_path / "a" / "results.json", records, eval_config("a"))
+    flat = [{**r, "em": 0.0, "sub_em": 0.0} for r in records]
+    flat_file = write_results(tmp_path / "b" / "results.json", flat, eval_config("b"))
+    assert default_metric([load_results(varied, "a")]) == "em"
+    # a small model's exact match is all zeros: questions are listed by the first that varies
+    assert default_metric([load_results(flat_file, "b")]) == "f1"
+    assert default_metric([]) is None

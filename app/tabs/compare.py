@@ -224,7 +224,7 @@ def create_compare_tab(store: RunStore, refresh_s: float = REFRESH_S) -> dict[st
                     table_frame([], DIFF_HEADERS), empty, _optional(None), _optional(None),
                     gr.skip()), metric
         metrics = list(dict.fromkeys(m for r in runs for m in r.metrics))
-        metric_v = metric if metric in metrics else (metrics[0] if metrics else None)
+        metric_v = metric if metric in metrics else compare.default_metric(runs)
         t0 = time.perf_counter()
         figures = compare.comparison_figures(runs, metric_v, store, smoothing_value)
         comparison["timings"]["figures"] = time.perf_counter() - t0
