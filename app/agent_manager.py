@@ -189,6 +189,17 @@ def agent_model_name(backend: str, model: str) -> str:
     return model
 
 
+def check_model_path(name: str) -> None:
+    """A model named by a folder must lie under the data roots, as for submitted runs: a chat
+    user may not make the server read its other files."""
+    from jobs.data_roots import DataRoots, looks_like_path
+
+    if looks_like_path(name, Path.cwd()):
+        why = DataRoots.current().refusal(name)
+        if why:
+            raise MemFactoryError(f"model {name!r}: {why}")
+
+
 class AgentManager:
     """The models this process has loaded, by name; load once, share, unload."""
 
@@ -213,6 +224,7 @@ class AgentManager:
             return load_adapter(base, folder), f"{base} + adapter of run {run_id}"
         from memfactory_core.llm.models import load_backend
 
+        check_model_path(name)
         return load_backend(name), name
 
     def _run_adapter(self, name: str) -> tuple[str, Path, int]:
@@ -241,6 +253,7 @@ class AgentManager:
             check_adapter_base(base, folder)
             return (load_backend(base, backend="vllm", adapter_path=folder),
                     f"{base} + adapter of run {run_id} (vLLM)")
+        check_model_path(model)
         return load_backend(model, backend="vllm"), f"{model} (vLLM)"
 
     def load(self, name: str) -> LoadedModel:

@@ -181,7 +181,7 @@ def _path_values(value: Any, where: str) -> Iterator[tuple[str, str]]:
             yield from _path_values(item, f"{where}.{i}")
 
 
-def _looks_like_path(value: str, base: Path) -> bool:
+def looks_like_path(value: str, base: Path) -> bool:
     """A model or pipeline value that names a file or folder rather than a name: absolute,
     ``~``/``.``-relative, a YAML/JSON file name, or something that exists there."""
     if value.startswith(("/", "~", ".")) or value.endswith((".yaml", ".yml", ".json")):
@@ -215,7 +215,7 @@ def config_paths(config: Any, base: Path, *, include_output: bool = True
                     yield from _path_values(item, loc)
                 elif key in ("model", "pipeline", "tokenizer") and isinstance(item, str):
                     if not (key == "model" and (remote or item in builtins)) and (
-                            _looks_like_path(item, base)):
+                            looks_like_path(item, base)):
                         yield loc, item
                 else:
                     yield from walk(item, loc)
@@ -251,7 +251,7 @@ def _pipeline_file_paths(pipeline: str, base: Path) -> list[tuple[str, str]]:
     the pipeline checks report that)."""
     from memfactory_core.pipeline.spec import load_spec
 
-    source = str(_resolve(pipeline, base)) if _looks_like_path(pipeline, base) else pipeline
+    source = str(_resolve(pipeline, base)) if looks_like_path(pipeline, base) else pipeline
     try:
         spec = load_spec(source)
     except (MemFactoryError, OSError, UnicodeDecodeError, ValueError):

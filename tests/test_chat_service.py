@@ -172,6 +172,10 @@ def test_bad_agents_are_refused_and_nothing_stored_is_lost(store: RunStore) -> N
     real = ChatService(store)
     with pytest.raises(MemFactoryError, match="does not answer"):
         real.create_session("memory_r1", "openai:gpt-x@http://127.0.0.1:9/v1")
+    # a model folder outside the data roots is not read, whatever it holds
+    for folder in ("/etc", "../../../../../etc"):
+        with pytest.raises(MemFactoryError, match="outside the data folders"):
+            real.create_session("memory_r1", folder)
     with pytest.raises(MemFactoryError, match="not a preset nor a saved pipeline"):
         pipeline_spec(store, "no_such_pipeline")
     with pytest.raises(MemFactoryError, match="the message is empty"):
