@@ -112,14 +112,16 @@ def scripted_reflector(text: str) -> str:
 
 def rmm_spec(json_replies: bool = True) -> dict:
     """The rmm preset on hashing embeddings; ``json_replies``: with the JSON prompts, no reply
-    prefixes and memories numbered from 0 (the scripted replies below are JSON)."""
+    prefixes, memories numbered from 0 and room for whole JSON replies (the scripted replies
+    below are JSON)."""
     spec = copy.deepcopy(load_spec("rmm"))
     assert isinstance(spec, dict)
     spec["memory"]["params"]["embedder"] = "hashing-64"
     if json_replies:
         spec["ingest"][1]["params"].update(
             extract_template=JSON_EXTRACT_TEMPLATE, merge_template=JSON_MERGE_TEMPLATE,
-            extract_reply_prefix="", merge_reply_prefix="", first_number=0)
+            extract_reply_prefix="", merge_reply_prefix="", first_number=0,
+            extract_max_new_tokens=400, merge_max_new_tokens=200)
     return spec
 
 

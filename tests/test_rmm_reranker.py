@@ -149,3 +149,35 @@ def test_citations_are_parsed_and_out_of_range_ones_recorded() -> None:
     assert parse_citations("no citation at all", 3).cited == []
     assert parse_citations("[5]", 0).out_of_range == [5]
     assert strip_citations("Answer: Bergen [0][1].\nmore") == "Bergen"
+
+
+def test_word_overlap_is_the_share_of_the_questions_content_words() -> None:
+    from memfactory_core.rerank.features import overlap_tensor, word_overlap
+
+    shares = word_overlap("When did Ann adopt the dogs?",
+                          ["Ann adopted a dog in May", "Bo likes cats", "ANN adopts the dog"])
+    # question words ann, adopt, dog: "dogs" matches "dog", "adopts" "adopt", not "adopted"
+    assert shares == [pytest.approx(2 / 3), 0.0, 1.0]
+    assert word_overlap("Who is it?", ["anything"]) == [0.0]
+    t = overlap_tensor(["Ann dog", "x"], [[{"text": "Ann"}], []], 3)
+    assert t.tolist() == [[0.5, 0.0, 0.0], [0.0, 0.0, 0.0]]
+
+
+def test_lexical_reranker_adds_its_weight_times_the_overlap_and_keeps_it(tmp_path) -> None:
+    torch.manual_seed(0)
+    mod = RerankerModule(8, "hashing-8", lexical=True)
+    q, m = torch.randn(2, 8), torch.randn(2, 3, 8)
+    overlap = torch.tensor([[1.0, 0.0, 0.5], [0.0, 0.0, 0.0]])
+    dense = torch.einsum("bd,bkd->bk", q, m)
+    assert torch.allclose(mod.scores(q, m, overlap), dense)  # starts as the retriever
+    with torch.no_grad():
+        mod.lexical_weight.fill_(2.0)  # type: ignore[union-attr]
+    assert torch.allclose(mod.scores(q, m, overlap), dense + 2.0 * overlap)
+    with pytest.raises(MemFactoryError, match="overlap tensor"):
+        mod.scores(q, m)
+    path = save_reranker(mod, tmp_path / "lex.safetensors")
+    assert checkpoint_info(path)["features"] == "lexical"
+    back = load_reranker(path, dim=8)
+    assert back.lexical and float(back.lexical_weight.detach()) == 2.0  # type: ignore[arg-type]
+    plain = load_reranker(save_reranker(RerankerModule(8), tmp_path / "p.safetensors"))
+    assert not plain.lexical and plain.lexical_weight is None

@@ -326,3 +326,17 @@ def test_recall_command_compares_retriever_and_reranker(tmp_path: Path) -> None:
         assert f"{name}: retriever {r['retriever']:.4f}  reranker {r['reranker']:.4f}" \
             in result.output
     assert "95% paired bootstrap" in result.output
+
+
+def test_lexical_training_learns_the_overlap_weight_and_the_slot_uses_it(tmp_path: Path
+                                                                       ) -> None:
+    out = tmp_path / "lex"
+    train_cli(out, "max_steps=5", "reranker.lexical=true")
+    rows = read_metrics(out)
+    assert all("lexical_weight" in r for r in rows) and rows[-1]["lexical_weight"] != 0.0
+    assert checkpoint_info(out / "checkpoint-5")["features"] == "lexical"
+    cfg = recall_config(tmp_path / "r", checkpoint=str(out / "checkpoint-5"), top_m=2)
+    result = compare_recall(cfg, ks=[2], loader=lambda mc: ScriptedLLM())
+    assert result["n"] > 0
+    with pytest.raises(MemFactoryError, match="trained with lexical=True"):
+        RerankerTrainer(tiny_config(tmp_path, f"reranker.init_checkpoint={out / 'checkpoint-5'}"))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -45,6 +46,7 @@ from memfactory_core.llm.base import Prompt
 from memfactory_core.memory.base import MemoryKind
 from memfactory_core.memory.topic import TopicMemory
 from memfactory_core.metrics.qa import strip_think
+from memfactory_core.rerank.features import content_words
 from memfactory_core.retrieval.index import SearchMode
 
 EXTRACT_TEMPLATE = """\
@@ -92,12 +94,6 @@ _NO_TRAIT = re.compile(r"\bno[\s_-]*traits?\b|\b(?:tells?|says?) nothing\b"
                        r"|\b(?:does not|doesn't) (?:tell|say) anything\b", re.I)
 _TURN_ID = re.compile(r"[\[(]?\b([A-Za-z]*\d+:\d+)\b[\])]?")
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
-_WORD = re.compile(r"[a-z0-9]+")
-_STOPWORDS = frozenset(_WORD.findall(
-    "a an and are as at be been but by did do does for from had has have he her him his i "
-    "in is it its me my of on or our she so that the their them they this to too was we "
-    "were what when where which who will with you your says said tells about now just "
-    "also very not"))
 _NEW = re.compile(r"^(?:new|no|none|add|neither|different|not)\b", re.I)
 _NUMBER = re.compile(r"^(?:memory\s*|number\s*|#)?\[?(\d+)\]?")
 MIN_TOPIC_WORDS = 3
@@ -131,16 +127,8 @@ class ExtractedTopic:
     turn_ids_inferred: bool = False
 
 
-def content_words(text: str, ignore: set[str] | frozenset[str] = frozenset()) -> set[str]:
-    """Lower-cased words of ``text`` that carry content (no stop words, no ``ignore``), a
-    plural or third-person ``s`` taken off."""
-    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
-            for w in _WORD.findall(text.lower())
-            if len(w) > 2 and w not in _STOPWORDS and w not in ignore}
-
-
 def infer_turn_ids(summary: str, turn_texts: dict[str, str],
-                   ignore: set[str] | frozenset[str] = frozenset(), most: int = 3
+                   ignore: Iterable[str] = (), most: int = 3
                    ) -> list[str]:
     """The turns that share the most content words with ``summary`` (at least one, and at
     least half as many as the best turn), best first, at most ``most``; [] when none shares
@@ -157,7 +145,7 @@ def infer_turn_ids(summary: str, turn_texts: dict[str, str],
 
 
 def parse_topic_lines(text: str, turn_texts: dict[str, str],
-                      ignore: set[str] | frozenset[str] = frozenset()
+                      ignore: Iterable[str] = ()
                       ) -> list[ExtractedTopic]:
     """Topics of a reply written one summary per line (up to the first blank line after a
     topic); list markers and turn ids (``[D1:3]``) are taken off the summary. Raises
@@ -189,7 +177,7 @@ def parse_topic_lines(text: str, turn_texts: dict[str, str],
 
 def parse_topics(text: str, session_turn_ids: list[str],
                  turn_texts: dict[str, str] | None = None,
-                 ignore: set[str] | frozenset[str] = frozenset()) -> list[ExtractedTopic]:
+                 ignore: Iterable[str] = ()) -> list[ExtractedTopic]:
     """Topics of an extraction reply; ``[]`` for a NO_TRAIT answer. A reply with a JSON
     object is read as JSON (turn ids not in the session are dropped and reported; a topic
     whose ids are all unknown is malformed); otherwise as one topic per line

@@ -22,6 +22,7 @@ from memfactory_core.components.base import (
     register,
 )
 from memfactory_core.errors import MemFactoryError
+from memfactory_core.rerank.features import overlap_tensor
 from memfactory_core.rerank.module import RerankerModule, load_reranker, select_top_m
 from memfactory_core.retrieval.embedders import Embedder
 
@@ -124,9 +125,10 @@ class Reranker(Component):
         questions = [s.values[Port.QUESTION] for s in batch]
         candidates = [list(s.values.get(Port.RETRIEVED) or []) for s in batch]
         q, m, mask = candidate_tensors(self._embed, questions, candidates)
+        overlap = overlap_tensor(questions, candidates, m.shape[1]) if module.lexical else None
         gen = torch.Generator().manual_seed(p.seed) if p.seed is not None else None
         with torch.no_grad():
-            scores = module.scores(q, m)
+            scores = module.scores(q, m, overlap)
             sel = select_top_m(scores, p.top_m, p.temperature, mask, p.sample, gen)
         results = []
         for i, (state, cands) in enumerate(zip(batch, candidates, strict=True)):

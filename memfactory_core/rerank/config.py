@@ -41,6 +41,12 @@ class RerankerTrainingConfig(BaseModel):
         None, description="Conversations of data.path held out to pick the best reranker "
         "by Recall@M (never trained on).")
     eval_steps: int = Field(100, ge=1, description="Steps between validation measurements.")
+    lexical: bool = Field(
+        False, description="Also weigh the share of the question's content words found in "
+        "each memory (one learned weight, starting at zero).")
+    lexical_learning_rate: float = Field(
+        0.01, gt=0.0, description="Learning rate of the word-overlap weight (a single "
+        "number, so it may move faster than the embedding adaptation).")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many validation measurements without a "
         "better Recall@M (None: run to max_steps).")

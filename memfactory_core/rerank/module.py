@@ -8,6 +8,9 @@ Plackett-Luce product of the picks, which REINFORCE and GRPO train. Without nois
 are the highest scores. ``W_q`` and ``W_m`` start at zero, so an untrained reranker ranks as
 the dense retriever does.
 
+With ``lexical`` the score adds ``w * overlap``, a learned weight (starting at zero) times the
+share of the question's content words found in the memory (see ``features``).
+
 Checkpoints are safetensors files that record the embedding dimension and model; loading one
 for another dimension is refused with a clear error.
 """
@@ -29,7 +32,7 @@ WEIGHTS_FILE = "reranker.safetensors"
 class RerankerModule(nn.Module):
     """Residual linear adaptation of query and memory embeddings; scores are dot products."""
 
-    def __init__(self, dim: int, embedder: str | None = None) -> None:
+    def __init__(self, dim: int, embedder: str | None = None, lexical: bool = False) -> None:
         super().__init__()
         if dim < 1:
             raise MemFactoryError(f"reranker dimension must be positive, got {dim}")
@@ -39,19 +42,31 @@ class RerankerModule(nn.Module):
         self.w_m = nn.Linear(dim, dim, bias=False)
         nn.init.zeros_(self.w_q.weight)
         nn.init.zeros_(self.w_m.weight)
+        self.lexical = lexical
+        self.lexical_weight = nn.Parameter(torch.zeros(())) if lexical else None
 
-    def scores(self, query: torch.Tensor, memories: torch.Tensor) -> torch.Tensor:
-        """``q' . m'`` for queries ``(B, d)`` and their candidates ``(B, K, d)``: ``(B, K)``."""
+    def scores(self, query: torch.Tensor, memories: torch.Tensor,
+               overlap: torch.Tensor | None = None) -> torch.Tensor:
+        """``q' . m'`` for queries ``(B, d)`` and their candidates ``(B, K, d)``: ``(B, K)``;
+        a lexical reranker adds its weight times ``overlap`` ``(B, K)``."""
         if query.shape[-1] != self.dim or memories.shape[-1] != self.dim:
             raise MemFactoryError(
                 f"reranker expects {self.dim}-dimensional embeddings, got query "
                 f"{tuple(query.shape)} and memories {tuple(memories.shape)}")
         q = query + self.w_q(query)
         m = memories + self.w_m(memories)
-        return torch.einsum("bd,bkd->bk", q, m)
+        scores = torch.einsum("bd,bkd->bk", q, m)
+        if self.lexical_weight is not None:
+            if overlap is None or overlap.shape != scores.shape:
+                raise MemFactoryError(
+                    f"this reranker weighs word overlap: it needs a {tuple(scores.shape)} "
+                    "overlap tensor")
+            scores = scores + self.lexical_weight * overlap
+        return scores
 
-    def forward(self, query: torch.Tensor, memories: torch.Tensor) -> torch.Tensor:
-        return self.scores(query, memories)
+    def forward(self, query: torch.Tensor, memories: torch.Tensor,
+                overlap: torch.Tensor | None = None) -> torch.Tensor:
+        return self.scores(query, memories, overlap)
 
 
 @dataclass
@@ -112,7 +127,7 @@ def save_reranker(module: RerankerModule, path: str | Path) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     save_file(tensors, str(path), metadata={
         "format": CHECKPOINT_FORMAT, "dim": str(module.dim),
-        "embedder": module.embedder or ""})
+        "embedder": module.embedder or "", "features": "lexical" if module.lexical else ""})
     return path
 
 
@@ -160,7 +175,7 @@ def load_reranker(path: str | Path, dim: int | None = None,
         raise MemFactoryError(
             f"reranker checkpoint {path} was trained on {saved_model} embeddings, but this "
             f"pipeline embeds with {embedder}")
-    module = RerankerModule(saved_dim, saved_model)
+    module = RerankerModule(saved_dim, saved_model, lexical=meta.get("features") == "lexical")
     tensors = load_file(str(path))
     try:
         module.load_state_dict(tensors)

@@ -50,6 +50,7 @@ from memfactory_core.rerank.candidates import (
     share_embeddings,
 )
 from memfactory_core.rerank.config import RerankerTrainingConfig
+from memfactory_core.rerank.features import overlap_tensor
 from memfactory_core.rerank.module import (
     WEIGHTS_FILE,
     RerankerModule,
@@ -255,9 +256,19 @@ class RerankerTrainer(CheckpointedLoop):
         self.setup_seconds = time.perf_counter() - t0
         init = self.rc.init_checkpoint or getattr(rparams, "checkpoint", None)
         self.module = (load_reranker(init, dim=embedder.dim, embedder=embedder.model_name)
-                       if init else RerankerModule(embedder.dim, embedder.model_name))
+                       if init else RerankerModule(embedder.dim, embedder.model_name,
+                                                   lexical=self.rc.lexical))
+        if self.module.lexical != self.rc.lexical:
+            raise MemFactoryError(
+                f"reranker.lexical is {self.rc.lexical}, but the starting checkpoint {init} "
+                f"was trained with lexical={self.module.lexical}")
         self.module.train()
-        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=config.learning_rate,
+        groups: list[dict[str, Any]] = [
+            {"params": [self.module.w_q.weight, self.module.w_m.weight]}]
+        if self.module.lexical_weight is not None:
+            groups.append({"params": [self.module.lexical_weight], "weight_decay": 0.0,
+                           "lr": self.rc.lexical_learning_rate})
+        self.optimizer = torch.optim.Adam(groups, lr=config.learning_rate,
                                           weight_decay=config.weight_decay)
         self.rng = torch.Generator().manual_seed(config.seed)
         self.best_recall: float | None = None
@@ -273,9 +284,13 @@ class RerankerTrainer(CheckpointedLoop):
         """Mean Recall@M on the validation questions, top-M without noise."""
         with torch.no_grad():
             self.module.eval()
-            q, m, mask = candidate_tensors(self.embed, [x.qa.question for x in self.val_queries],
-                                           [x.candidates for x in self.val_queries])
-            sel = select_top_m(self.module.scores(q, m), self.top_m, 1.0, mask, sample=False)
+            questions = [x.qa.question for x in self.val_queries]
+            candidates = [x.candidates for x in self.val_queries]
+            q, m, mask = candidate_tensors(self.embed, questions, candidates)
+            overlap = (overlap_tensor(questions, candidates, m.shape[1])
+                       if self.module.lexical else None)
+            sel = select_top_m(self.module.scores(q, m, overlap), self.top_m, 1.0, mask,
+                               sample=False)
             self.module.train()
         return float(np.mean([
             recall_at([x.candidates[int(j)] for j in sel.indices[i] if j >= 0],
@@ -331,10 +346,12 @@ class RerankerTrainer(CheckpointedLoop):
         t0 = time.perf_counter()
         self.step += 1
         queries = self.queries_for_step(self.step)
-        q, m, mask = candidate_tensors(self.embed, [x.qa.question for x in queries],
-                                       [x.candidates for x in queries])
+        questions = [x.qa.question for x in queries]
+        q, m, mask = candidate_tensors(self.embed, questions, [x.candidates for x in queries])
+        overlap = (overlap_tensor(questions, [x.candidates for x in queries], m.shape[1])
+                   if self.module.lexical else None)
         embed_seconds = time.perf_counter() - t0
-        scores = self.module.scores(q, m)
+        scores = self.module.scores(q, m, overlap)
         groups = rc.group_size if rc.algorithm == "grpo" else 1
         sels = [select_top_m(scores, self.top_m, self.temperature, mask, True, self.rng)
                 for _ in range(groups)]
@@ -380,10 +397,12 @@ class RerankerTrainer(CheckpointedLoop):
             f"recall@{self.top_m}": float(np.mean([
                 recall_at(p, x.qa.evidence, self.top_m) for g in picked
                 for p, x in zip(g, queries, strict=True) if x.qa.evidence] or [0.0])),
-            "adapter_norm": float(sum(p.detach().norm() ** 2
-                                      for p in self.module.parameters()) ** 0.5),
+            "adapter_norm": float((self.module.w_q.weight.detach().norm() ** 2
+                                   + self.module.w_m.weight.detach().norm() ** 2) ** 0.5),
             "embed_seconds": embed_seconds,
         }
+        if self.module.lexical_weight is not None:
+            metrics["lexical_weight"] = float(self.module.lexical_weight.detach())
         if cited is not None:
             flat_c = [c for g in cited for x in g for c in x]
             metrics["cited_useful_share"] = float(np.mean(flat_c)) if flat_c else 0.0
