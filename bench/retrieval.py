@@ -144,7 +144,7 @@ def manager_batching(n: int = 16, max_new_tokens: int = 32) -> None:
     spec["ingest"][2]["params"]["max_new_tokens"] = max_new_tokens
     llm = load_backend("tiny-random")
     runtime = PipelineRuntime(validate_spec(spec), llm)
-    manager = runtime._ingest[2][1]
+    manager = runtime.component("ingest", 2)
 
     def states(k: int) -> list:
         from memfactory_core.components.base import RolloutState

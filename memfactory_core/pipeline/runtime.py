@@ -182,6 +182,13 @@ class PipelineRuntime:
 
     # -- the steps of a rollout, shared by run() and live sessions ---------------------
 
+    def component(self, lane: str, index: int) -> Component:
+        """The component built for slot ``index`` of ``lane`` ("ingest" or "query")."""
+        slots = {"ingest": self._ingest, "query": self._query}.get(lane)
+        if slots is None or not 0 <= index < len(slots):
+            raise MemFactoryError(f"the pipeline has no {lane} slot {index}")
+        return slots[index][1]
+
     @property
     def segmenter(self) -> Segmenter:
         """The ingest lane's first slot, which splits a rollout's context into units."""
@@ -336,6 +343,3 @@ class PipelineRuntime:
                     extra=res.extra,
                 )
             )
-
-    #: the earlier name of :meth:`run_slot`
-    _run_slot = run_slot

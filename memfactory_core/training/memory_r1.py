@@ -327,7 +327,7 @@ class OneStepRollouts:
                 jobs.append((item, k, state, []))
         batch = [(state, steps) for _, _, state, steps in jobs]
         for slot, comp in ([self.manager] if self.manager else []) + self.query:
-            PipelineRuntime._run_slot(slot, comp, batch, unit=None)
+            PipelineRuntime.run_slot(slot, comp, batch, unit=None)
         out = []
         for item, k, state, steps in jobs:
             qa = item.questions[0]
