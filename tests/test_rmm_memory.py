@@ -261,6 +261,11 @@ def test_topic_lines_take_ids_when_given_and_infer_them_when_omitted() -> None:
         parse_topics("Ann says that penguins fly south", list(texts), texts, names)
     with pytest.raises(MalformedReply, match="no topic sentence"):
         parse_topics("Ann\n\n", list(texts), texts, names)
+    # an ungrounded line beside a grounded one is left out and reported, not fatal
+    skipped: list[str] = []
+    [kept] = parse_topics("Ann works at the library\nAnn says penguins fly south", list(texts),
+                          texts, names, skipped)
+    assert kept.turn_ids == ["D1:1", "D1:3"] and skipped == ["Ann says penguins fly south"]
 
 
 def test_one_line_merge_replies_name_the_memory_as_shown() -> None:

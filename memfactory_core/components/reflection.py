@@ -145,12 +145,15 @@ def infer_turn_ids(summary: str, turn_texts: dict[str, str],
 
 
 def parse_topic_lines(text: str, turn_texts: dict[str, str],
-                      ignore: Iterable[str] = ()
+                      ignore: Iterable[str] = (), skipped: list[str] | None = None
                       ) -> list[ExtractedTopic]:
     """Topics of a reply written one summary per line (up to the first blank line after a
-    topic); list markers and turn ids (``[D1:3]``) are taken off the summary. Raises
-    MalformedReply when no line is a sentence or a topic shares no word with the session."""
+    topic); list markers and turn ids (``[D1:3]``) are taken off the summary. A line that
+    names no session turn and shares no word with one is left out (appended to ``skipped``).
+    Raises MalformedReply when no line is left: none is a sentence, or none is grounded in
+    the session."""
     topics: list[ExtractedTopic] = []
+    ungrounded: list[str] = []
     for line in strip_think(text).strip().splitlines():
         if not line.strip():
             if topics:
@@ -166,9 +169,14 @@ def parse_topic_lines(text: str, turn_texts: dict[str, str],
         if inferred:
             good = infer_turn_ids(summary, turn_texts, ignore)
             if not good:
-                raise MalformedReply(f"topic {summary[:60]!r} shares no word with any turn of "
-                                     "this session")
+                ungrounded.append(summary)
+                continue
         topics.append(ExtractedTopic(summary, good, bad, inferred))
+    if skipped is not None:
+        skipped.extend(ungrounded)
+    if not topics and ungrounded:
+        raise MalformedReply(f"topic {ungrounded[0][:60]!r} shares no word with any turn of "
+                             "this session")
     if not topics:
         raise MalformedReply(f"no topic sentence (of {MIN_TOPIC_WORDS} words or more) in the "
                              "reply")
@@ -177,19 +185,20 @@ def parse_topic_lines(text: str, turn_texts: dict[str, str],
 
 def parse_topics(text: str, session_turn_ids: list[str],
                  turn_texts: dict[str, str] | None = None,
-                 ignore: Iterable[str] = ()) -> list[ExtractedTopic]:
+                 ignore: Iterable[str] = (), skipped: list[str] | None = None
+                 ) -> list[ExtractedTopic]:
     """Topics of an extraction reply; ``[]`` for a NO_TRAIT answer. A reply with a JSON
     object is read as JSON (turn ids not in the session are dropped and reported; a topic
     whose ids are all unknown is malformed); otherwise as one topic per line
     (:func:`parse_topic_lines`, ids inferred from ``turn_texts`` when a line names none;
-    ``ignore``: words not to match on, such as the speakers' names). Raises MalformedReply
-    saying what is wrong."""
+    ``ignore``: words not to match on, such as the speakers' names; lines left out go to
+    ``skipped``). Raises MalformedReply saying what is wrong."""
     stripped = strip_think(text).strip()
     if _NO_TRAIT.search(stripped) and "{" not in stripped:
         return []
     if "{" not in stripped and "```" not in stripped:
         texts = turn_texts if turn_texts is not None else {t: "" for t in session_turn_ids}
-        return parse_topic_lines(stripped, texts, ignore)
+        return parse_topic_lines(stripped, texts, ignore, skipped)
     data = _json_body(text)
     items = data.get("topics") if isinstance(data, dict) else data
     if isinstance(data, dict) and items is None and "summary" in data:
@@ -384,11 +393,14 @@ class ProspectiveReflection(LLMComponent):
             record: dict[str, Any] = {"speaker": speaker, "raw": raw}
             records[j]["replies"] += 1
             names = {w for t in turns for w in content_words(t.speaker)}
+            skipped: list[str] = []
             try:
                 topics = parse_topics(raw, [t.id for t in turns], {t.id: t.text for t in turns},
-                                      names)[: p.max_topics]
+                                      names, skipped)[: p.max_topics]
                 record.update(valid=True, topics=[vars(t) for t in topics],
                               no_trait=not topics)
+                if skipped:
+                    record["skipped_lines"] = skipped
                 pending[j].extend((speaker, t, turns[-1]) for t in topics)
             except MalformedReply as err:
                 record.update(valid=False, topics=[], error=str(err))
