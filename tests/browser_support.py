@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.app_support import free_port, launch, served  # noqa: F401 (shared with browser tests)
 
 CHROMIUM = os.environ.get("MEMFACTORY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -22,12 +23,6 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set "
                 "MEMFACTORY_CHROMIUM)", allow_module_level=True)
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -63,18 +58,4 @@ def browser_page(browser: Any, *, height: int = 1400, timeout_ms: int = 120_000,
         context.close()
 
 
-def launch(demo: Any) -> str:
-    """Serve a Gradio app on a free local port without blocking; its URL."""
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
-                            prevent_thread_lock=True, quiet=True)
-    return url
 
-
-@contextmanager
-def served(demo: Any) -> Iterator[str]:
-    """The app's URL while it is served; closed on exit."""
-    url = launch(demo)
-    try:
-        yield url
-    finally:
-        demo.close()

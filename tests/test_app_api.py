@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,12 +23,7 @@ from app.ui import build_app, check_exposure, is_loopback
 from jobs.store import MetricRow, RunStore
 from memfactory_core.errors import MemFactoryError
 from memfactory_core.paths import CONFIGS_DIR
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.app_support import api_client, free_port
 
 
 @pytest.fixture()
@@ -40,12 +34,8 @@ def store(tmp_path: Path) -> RunStore:
 @pytest.fixture()
 def client(store: RunStore) -> Iterator[Client]:
     demo = build_app(store)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
-                            prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(url, verbose=False)
-    finally:
-        demo.close()
+    with api_client(demo) as client:
+        yield client
 
 
 def test_endpoints_are_named(client: Client) -> None:

@@ -21,7 +21,7 @@ from app import pipeline_drafts as drafts
 from app.tabs.build import SORTABLE_JS, static_url
 from app.ui import build_app
 from jobs.store import RunStore
-from tests.test_app_api import free_port
+from tests.app_support import free_port
 from tests.test_app_builder import probe_component
 
 

@@ -3,7 +3,6 @@ messages, rewind, export; a bad model is refused with a clear message."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,8 @@ from gradio_client import Client
 
 from app.ui import build_app
 from jobs.store import RunStore
+from tests.app_support import api_client
 from tests.test_chat_service import chat_spec
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def given_facts(preset: str) -> dict[str, Any]:
@@ -34,12 +28,8 @@ def client(tmp_path: Path) -> Iterator[tuple[Client, RunStore]]:
     store = RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
     store.save_pipeline("chat_rag", given_facts("rag"))
     demo = build_app(store, refresh_s=5.0)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
-                            prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(url, verbose=False), store
-    finally:
-        demo.close()
+    with api_client(demo) as client:
+        yield client, store
 
 
 def test_chat_endpoints_keep_turns_and_rewind(client: tuple[Client, RunStore]) -> None:

@@ -171,20 +171,12 @@ def test_without_vllm_the_option_is_absent_and_asking_for_it_is_refused(
 
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is installed here: the option is always offered")
 def test_without_vllm_the_endpoints_say_so(tmp_path: Path) -> None:
-    from gradio_client import Client
-
-    from tests.test_chat_app import free_port
+    from tests.app_support import api_client
 
     store = RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
     store.save_pipeline("chat_rag", given_facts("rag"))
-    demo = build_app(store, refresh_s=5.0)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
-                            prevent_thread_lock=True, quiet=True)
-    try:
-        api = Client(url, verbose=False)
+    with api_client(build_app(store, refresh_s=5.0)) as api:
         assert api.predict(api_name="/chat_model_backends") == ["transformers"]
         with pytest.raises(Exception, match="vLLM is not installed"):
             api.predict("chat_rag", "vllm:tiny-random", api_name="/chat_new_session")
-    finally:
-        demo.close()
     assert ChatService(store).sessions() == []

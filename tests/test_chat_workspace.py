@@ -24,8 +24,9 @@ from app.ui import build_app
 from jobs.store import RunStore
 from memfactory_core.errors import MemFactoryError
 from memfactory_core.paths import memfactory_home
+from tests.app_support import api_client
 from tests.fakes import ScriptedLLM
-from tests.test_chat_app import free_port, given_facts
+from tests.test_chat_app import given_facts
 from tests.test_chat_service import chat_spec, run
 
 DOC = " ".join(f"Sentence {i} says that Mia has {i} apples." for i in range(10))
@@ -133,12 +134,8 @@ def client(tmp_path: Path) -> Iterator[Client]:
     store = RunStore(url=f"sqlite:///{tmp_path}/db.sqlite")
     store.save_pipeline("chat_memagent", memagent())
     demo = build_app(store, refresh_s=5.0)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
-                            prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(url, verbose=False)
-    finally:
-        demo.close()
+    with api_client(demo) as client:
+        yield client
 
 
 def test_workspace_file_endpoints(client: Client, files: dict[str, Any]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,14 +16,9 @@ from gradio_client.exceptions import AppError
 from app.context import AppContext, TabSpec
 from app.tabs import compare as compare_tab
 from jobs.store import MetricRow, RunStore
+from tests.app_support import api_client
 from tests.compare_fixtures import eval_config, make_records, write_results
 from tests.test_compare import script_numbers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def compare_app(store: RunStore, refresh_s: float = 5.0) -> gr.Blocks:
@@ -65,12 +59,8 @@ def runs(store: RunStore) -> tuple[int, int, int]:
 @pytest.fixture()
 def client(store: RunStore) -> Iterator[Client]:
     demo = compare_app(store)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
-                            prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(url, verbose=False)
-    finally:
-        demo.close()
+    with api_client(demo) as client:
+        yield client
 
 
 def test_endpoints_are_named(client: Client) -> None:

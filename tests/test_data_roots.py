@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from jobs.submit import submit_run
 from memfactory_core.data.loaders import load_episodes
 from memfactory_core.errors import MemFactoryError, ValidationError
 from memfactory_core.paths import ASSETS_DIR, CONFIGS_DIR
+from tests.app_support import api_client
 
 REPO = ASSETS_DIR.parent
 TINY_EVAL = CONFIGS_DIR / "eval_memagent_tiny.yaml"
@@ -217,10 +217,6 @@ def test_the_start_folder_is_not_a_root_when_it_is_the_home_folder_or_above() ->
 
 
 # ------------------------------------------------------------------------ the API
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -228,12 +224,8 @@ def client(store: RunStore) -> Iterator[Client]:
     from app.ui import build_app
 
     demo = build_app(store)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(),
-                            prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(url, verbose=False)
-    finally:
-        demo.close()
+    with api_client(demo) as client:
+        yield client
 
 
 def test_the_api_refuses_server_files(client: Client, store: RunStore, home: Path) -> None:
