@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from jobs.store import RunStore
 from memfactory_core.errors import MemFactoryError
 from memfactory_core.pipeline import load_spec
 from tests.fakes import ScriptedLLM
+from tests.test_conversation_runtime import scripted as scripted_manager
 
 
 def chat_spec(name: str, small: bool = True) -> dict[str, Any]:
@@ -34,24 +34,6 @@ def chat_spec(name: str, small: bool = True) -> dict[str, Any]:
             if key in p and small:
                 p[key] = 8
     return spec
-
-
-def scripted_manager(text: str) -> str:
-    """Manager: UPDATE the shown Oslo entry when Bergen comes, ADD otherwise; answer agent:
-    the first memory line."""
-    if "New fact" in text:
-        lines = re.search(r"Related memories:\n(.*)\n\nNew fact", text, re.S).group(1)
-        shown = [dict(zip(("id", "text"), line.split(": ", 1), strict=True))
-                 for line in lines.splitlines() if line != "(none yet)"]
-        fact = re.search(r"New fact \(said on [^)]*\): (.*)$", text, re.S).group(1).strip()
-        oslo = [m for m in shown if "Oslo" in m["text"]]
-        if "Bergen" in fact and oslo:
-            return json.dumps({"memory": [{"event": "UPDATE", "id": oslo[0]["id"],
-                                           "text": fact}]})
-        return json.dumps({"memory": [{"event": "ADD", "text": fact}]})
-    first = re.search(r"^- \([^)]*\) (.*)$", text, re.M)
-    line = first.group(1) if first else "nothing"
-    return f"{line}\nAnswer: {line.rstrip('.').split()[-1]}"
 
 
 def r1_given_facts() -> dict[str, Any]:
