@@ -178,10 +178,9 @@ def test_a_reranker_run_through_the_store_streams_its_metrics(tmp_path: Path,
 
 
 def test_memories_and_questions_are_embedded_once(tmp_path: Path) -> None:
-    from memfactory_core.components.reranker import CandidateEmbeddings
     from memfactory_core.memory import MemoryBank
     from memfactory_core.rerank.candidates import share_embeddings
-    from memfactory_core.retrieval.embedders import load_embedder
+    from memfactory_core.retrieval.embedders import cached_embedder, load_embedder
 
     class Counting:
         def __init__(self) -> None:
@@ -201,8 +200,8 @@ def test_memories_and_questions_are_embedded_once(tmp_path: Path) -> None:
     assert cached is not None and inner.texts == 2
     hits = [bank.search(q, 3, "dense") for q in questions]
     assert inner.texts == 5  # the index embedded its three texts, the questions were cached
-    embed = CandidateEmbeddings(cached)  # type: ignore[arg-type]
-    embed([e.text for h in hits for e, _ in h] + questions)
+    embed = cached_embedder(cached)
+    embed.embed([e.text for h in hits for e, _ in h] + questions)
     assert inner.texts == 5
 
 

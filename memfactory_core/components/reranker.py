@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,7 +23,7 @@ from memfactory_core.components.base import (
 from memfactory_core.errors import MemFactoryError
 from memfactory_core.rerank.features import overlap_tensor
 from memfactory_core.rerank.module import RerankerModule, load_reranker, select_top_m
-from memfactory_core.retrieval.embedders import Embedder
+from memfactory_core.retrieval.embedders import CachedEmbedder, Embedder, cached_embedder
 
 
 class RerankerParams(BaseModel):
@@ -42,35 +41,18 @@ class RerankerParams(BaseModel):
     seed: int | None = Field(None, description="Seed of the Gumbel noise (none: random).")
 
 
-class CandidateEmbeddings:
-    """Embeds questions and memory texts once each (a cache keyed by text)."""
-
-    def __init__(self, embedder: Embedder) -> None:
-        self.embedder = embedder
-        self._cache: dict[str, np.ndarray] = {}
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            for text, vec in zip(missing, self.embedder.embed(missing), strict=True):
-                self._cache[text] = vec
-        if not texts:
-            return np.zeros((0, self.embedder.dim), dtype=np.float32)
-        return np.stack([self._cache[t] for t in texts])
-
-
-def candidate_tensors(embed: CandidateEmbeddings, questions: list[str],
+def candidate_tensors(embed: Embedder, questions: list[str],
                       candidates: list[list[dict[str, Any]]]
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Query ``(B, d)``, padded candidate ``(B, K, d)`` embeddings and the mask ``(B, K)``."""
-    dim = embed.embedder.dim
+    dim = embed.dim
     k = max((len(c) for c in candidates), default=0)
-    q = torch.from_numpy(embed(questions))
+    q = torch.from_numpy(embed.embed(questions))
     m = torch.zeros(len(questions), max(k, 1), dim)
     mask = torch.zeros(len(questions), max(k, 1), dtype=torch.bool)
     for i, cands in enumerate(candidates):
         if cands:
-            m[i, : len(cands)] = torch.from_numpy(embed([c["text"] for c in cands]))
+            m[i, : len(cands)] = torch.from_numpy(embed.embed([c["text"] for c in cands]))
             mask[i, : len(cands)] = True
     return q, m, mask
 
@@ -86,7 +68,7 @@ class Reranker(Component):
     outputs = (Port.RETRIEVED,)
 
     _module: RerankerModule | None = None
-    _embed: CandidateEmbeddings | None = None
+    _embed: CachedEmbedder | None = None
 
     def _embedder(self, state: RolloutState) -> Embedder:
         p: RerankerParams = self.params  # type: ignore[assignment]
@@ -110,7 +92,7 @@ class Reranker(Component):
             else:
                 self._module = RerankerModule(embedder.dim, embedder.model_name)
             self._module.eval()
-            self._embed = CandidateEmbeddings(embedder)
+            self._embed = cached_embedder(embedder)
         elif self._module.dim != embedder.dim:
             raise MemFactoryError(f"reranker: {self._module.dim}-dimensional module, but the "
                                   f"memory embeds with {embedder.dim} dimensions")

@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from memfactory_core.components.base import Component, ComponentContext, Stage
 from memfactory_core.components.retriever import Retriever
 from memfactory_core.data.episode import QA, Episode
@@ -18,7 +16,7 @@ from memfactory_core.llm.base import SamplingParams
 from memfactory_core.memory.base import Memory
 from memfactory_core.pipeline.runtime import PipelineRuntime
 from memfactory_core.pipeline.spec import ResolvedPipeline, ResolvedSlot
-from memfactory_core.retrieval.embedders import Embedder
+from memfactory_core.retrieval.embedders import CachedEmbedder, cached_embedder
 
 
 @dataclass
@@ -62,26 +60,6 @@ def build_memories(runtime: PipelineRuntime, episodes: Sequence[Episode],
     return memories
 
 
-class CachedEmbedder:
-    """An embedder that embeds each text once: memories embedded by the index are not
-    embedded again when the reranker scores them, and questions are embedded in one batch."""
-
-    def __init__(self, inner: Embedder) -> None:
-        self.inner = inner
-        self.model_name = inner.model_name
-        self.dim = inner.dim
-        self._cache: dict[str, np.ndarray] = {}
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            for text, vec in zip(missing, self.inner.embed(missing), strict=True):
-                self._cache[text] = vec
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.stack([self._cache[t] for t in texts])
-
-
 def share_embeddings(memories: dict[str, Memory], questions: Sequence[str]
                      ) -> CachedEmbedder | None:
     """Give every memory's index one caching embedder (before its texts are embedded) and
@@ -91,7 +69,7 @@ def share_embeddings(memories: dict[str, Memory], questions: Sequence[str]
                  None)
     if inner is None:
         return None
-    cached = inner if isinstance(inner, CachedEmbedder) else CachedEmbedder(inner)
+    cached = cached_embedder(inner)
     for index in indexes:
         if index is not None and index.embedder is not None:
             index.embedder = cached

@@ -90,6 +90,31 @@ _CACHE: dict[str, Embedder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
+class CachedEmbedder:
+    """An embedder that embeds each text once (a cache keyed by text): memories embedded by
+    an index are not embedded again when a reranker scores them."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.model_name = inner.model_name
+        self.dim = inner.dim
+        self._cache: dict[str, np.ndarray] = {}
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            for text, vec in zip(missing, self.inner.embed(missing), strict=True):
+                self._cache[text] = vec
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._cache[t] for t in texts])
+
+
+def cached_embedder(embedder: Embedder) -> CachedEmbedder:
+    """``embedder`` with a text cache (itself when it already has one)."""
+    return embedder if isinstance(embedder, CachedEmbedder) else CachedEmbedder(embedder)
+
+
 def load_embedder(name: str) -> Embedder:
     """An embedder by name, loaded once per process: ``minilm`` (also ``all-MiniLM-L6-v2``)
     or ``hashing`` / ``hashing-<dim>``."""

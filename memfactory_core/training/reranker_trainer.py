@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from memfactory_core.components.base import Port, RolloutState
-from memfactory_core.components.reranker import CandidateEmbeddings, candidate_tensors
+from memfactory_core.components.reranker import candidate_tensors
 from memfactory_core.components.retriever import Retriever
 from memfactory_core.data.episode import Episode
 from memfactory_core.errors import MemFactoryError
@@ -59,6 +59,7 @@ from memfactory_core.rerank.module import (
     save_reranker,
     select_top_m,
 )
+from memfactory_core.retrieval.embedders import cached_embedder
 from memfactory_core.training.callbacks import TrainingCallback, TrainState
 from memfactory_core.training.config import TrainConfig
 from memfactory_core.training.loop import CheckpointedLoop
@@ -252,7 +253,7 @@ class RerankerTrainer(CheckpointedLoop):
         if embedder is None:
             raise MemFactoryError("the reranker needs an embedding model: the memory has none "
                                   "(embedder: none) and the reranker slot names none")
-        self.embed = CandidateEmbeddings(embedder)
+        self.embed = cached_embedder(embedder)
         self.setup_seconds = time.perf_counter() - t0
         init = self.rc.init_checkpoint or getattr(rparams, "checkpoint", None)
         self.module = (load_reranker(init, dim=embedder.dim, embedder=embedder.model_name)
