@@ -67,7 +67,9 @@ def options(page: Any, elem_id: str) -> list[str]:
     page.locator(f"#{elem_id} input").click()
     with contextlib.suppress(sync_api.TimeoutError):  # no options: the list stays closed
         page.get_by_role("option").first.wait_for(timeout=2_000)
-    names = [o.get_attribute("aria-label") for o in page.get_by_role("option").all()]
+    # read in one step: the periodic refresh may re-render the list between two reads
+    names = page.get_by_role("option").evaluate_all(
+        "els => els.map(e => e.getAttribute('aria-label'))")
     blur(page)
     return names
 
