@@ -57,7 +57,8 @@ def blur(page: Any) -> None:
 def choose(page: Any, elem_id: str, option: str) -> None:
     blur(page)
     page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=option).click()
+    # this dropdown's own list: another one may still be closing when this one opens
+    page.locator(f"#{elem_id}").get_by_role("option", name=option).click()
     blur(page)
 
 
@@ -66,9 +67,9 @@ def options(page: Any, elem_id: str) -> list[str]:
     blur(page)
     page.locator(f"#{elem_id} input").click()
     with contextlib.suppress(sync_api.TimeoutError):  # no options: the list stays closed
-        page.get_by_role("option").first.wait_for(timeout=2_000)
+        page.locator(f"#{elem_id}").get_by_role("option").first.wait_for(timeout=2_000)
     # read in one step: the periodic refresh may re-render the list between two reads
-    names = page.get_by_role("option").evaluate_all(
+    names = page.locator(f"#{elem_id}").get_by_role("option").evaluate_all(
         "els => els.map(e => e.getAttribute('aria-label'))")
     blur(page)
     return names
